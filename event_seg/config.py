@@ -1,0 +1,179 @@
+"""Config schemas.
+
+The dataclasses below are registered in Hydra's ConfigStore under ``schema/train`` (a group no
+user selects) and ``conf/train.yaml`` starts from it. Composition therefore happens in OmegaConf's
+struct mode against typed fields: a misspelt key (``trainer.epoch=3``) or a wrong type
+(``trainer.epochs=ten``) fails during composition with Hydra's message naming the key, before any
+data is built. Choices OmegaConf cannot express as an Enum (``rgb+events``) are checked by
+:func:`validate`, which raises :class:`ConfigError` naming the key and the allowed values.
+
+This module must stay cheap to import: it is imported before Hydra composes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(ValueError):
+    """A config value that composes but cannot be used. Reported as one line, exit code 2."""
+
+
+@dataclass
+class SyntheticConfig:
+    seed: int = 0
+    train_sequences: int = 12
+    val_sequences: int = 3
+    test_sequences: int = 3
+    frames_per_sequence: int = 16
+    subframes: int = 8
+    frame_rate: float = 10.0
+    contrast_threshold: float = 0.25
+    threshold_sigma: float = 0.03
+    noise_rate: float = 0.05
+    hard_fraction: float = 0.4
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    format: str = MISSING
+    root: Optional[str] = None
+    modality: str = "rgb+events"
+    representation: str = "voxel_grid"
+    num_bins: int = 5
+    normalize_events: bool = True
+    height: int = MISSING
+    width: int = MISSING
+    ignore_index: int = 255
+    splits: Dict[str, str] = field(default_factory=dict)
+    label_map: Optional[List[int]] = None
+    class_names: List[str] = MISSING
+    palette: List[List[int]] = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Only used by the synthetic preset; other presets leave it at its defaults.
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    arch: str = MISSING
+    encoder_name: str = "resnet18"
+    encoder_weights: Optional[str] = None
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "poly"
+    warmup_epochs: float = 0.0
+    power: float = 0.9
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 12
+    batch_size: int = 8
+    num_workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    grad_clip_norm: Optional[float] = 1.0
+    limit_batches: Optional[int] = None
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+    cache_dir: str = "~/.cache/event_seg"
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    # One entry per chosen logger, each a `_target_` node (see conf/logger/).
+    logger: Optional[Dict[str, Any]] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    trial_timestamp: str = MISSING
+    run_name: str = MISSING
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(group="schema", name="train", node=TrainConfig)
+
+
+register_schemas()
+
+# The allowed values of string choices, checked by `validate`.
+CHOICES: Dict[str, tuple] = {
+    "dataset.modality": ("rgb", "events", "rgb+events"),
+    "dataset.representation": ("voxel_grid", "histogram"),
+    "dataset.format": ("event_scapes",),
+    "model.arch": ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus",
+                   "Linknet", "MAnet", "PAN", "UPerNet", "Segformer", "DPT"),
+    "optimizer.name": ("adamw", "sgd"),
+    "scheduler.name": ("poly", "cosine", "none"),
+    "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks what the types alone cannot; raises ConfigError naming the key."""
+    from omegaconf import OmegaConf
+
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    device = cfg.trainer.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"trainer.device={device!r} is not one of: auto, cpu, cuda, cuda:N")
+    positive = {
+        "trainer.epochs": cfg.trainer.epochs,
+        "trainer.batch_size": cfg.trainer.batch_size,
+        "dataset.num_bins": cfg.dataset.num_bins,
+        "dataset.height": cfg.dataset.height,
+        "dataset.width": cfg.dataset.width,
+        "optimizer.lr": cfg.optimizer.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    if cfg.trainer.num_workers < 0:
+        raise ConfigError(f"trainer.num_workers={cfg.trainer.num_workers} must be >= 0")
+    if cfg.trainer.limit_batches is not None and cfg.trainer.limit_batches <= 0:
+        raise ConfigError("trainer.limit_batches must be a positive number or null")
+    if len(cfg.dataset.palette) != len(cfg.dataset.class_names):
+        raise ConfigError(
+            f"dataset.palette has {len(cfg.dataset.palette)} colours for "
+            f"{len(cfg.dataset.class_names)} dataset.class_names"
+        )
+    for split in ("train", "val"):
+        if split not in cfg.dataset.splits:
+            raise ConfigError(f"dataset.splits has no '{split}' entry")

@@ -1,0 +1,134 @@
+"""From a dataset config to DataLoaders and the DatasetInfo that drives the model and loggers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .event_scapes import DatasetError, EventScapesDataset, index_split
+from .events import representation_channels
+from .transforms import JointTransform
+
+log = logging.getLogger(__name__)
+
+RGB_CHANNELS = 3
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    class_names: List[str]
+    palette: List[List[int]]
+    ignore_index: int
+    split_sizes: Dict[str, int]
+    representation: str
+    num_bins: int
+    modality: str
+    event_channels: int
+    input_channels: int
+    root: str
+    skipped_frames: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DataBundle:
+    info: DatasetInfo
+    loaders: Dict[str, Any]  # split -> torch DataLoader (train, val and, when present, test)
+
+
+def input_channels(modality: str, representation: str, num_bins: int) -> int:
+    events = representation_channels(representation, num_bins)
+    return {"rgb": RGB_CHANNELS, "events": events, "rgb+events": RGB_CHANNELS + events}[modality]
+
+
+def resolve_root(dataset_cfg, cache_dir: str, progress: bool = True) -> Path:
+    """The dataset folder: generated for the synthetic preset, checked to exist otherwise."""
+    if dataset_cfg.name == "synthetic" and dataset_cfg.root is None:
+        from .synthetic import ensure_synthetic
+
+        params = {"height": dataset_cfg.height, "width": dataset_cfg.width,
+                  **dict(dataset_cfg.synthetic)}
+        return ensure_synthetic(cache_dir, params, dict(dataset_cfg.splits), progress=progress)
+    if dataset_cfg.root is None:
+        raise DatasetError(f"dataset.root is not set for dataset '{dataset_cfg.name}': "
+                           f"pass dataset.root=/path/to/{dataset_cfg.name}")
+    root = Path(dataset_cfg.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset.root={dataset_cfg.root} does not exist or is not a folder")
+    return root
+
+
+def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
+               splits=("train", "val", "test")) -> DataBundle:
+    import torch
+    from torch.utils.data import DataLoader
+
+    root = resolve_root(dataset_cfg, cache_dir, progress=trainer_cfg.progress_bar)
+    datasets, skipped = {}, {}
+    for split in splits:
+        folder = dataset_cfg.splits.get(split)
+        if folder is None:
+            continue
+        frames, n_skipped = index_split(root / folder)
+        skipped[split] = n_skipped
+        if n_skipped:
+            log.info("%s: skipped %d frames without an events file", split, n_skipped)
+        transform = JointTransform(train=(split == "train"), hflip=dataset_cfg.augment.hflip)
+        datasets[split] = EventScapesDataset(
+            frames, dataset_cfg.representation, dataset_cfg.num_bins,
+            dataset_cfg.normalize_events, dataset_cfg.label_map, dataset_cfg.ignore_index,
+            transform)
+    info = DatasetInfo(
+        name=dataset_cfg.name,
+        class_names=list(dataset_cfg.class_names),
+        palette=[list(c) for c in dataset_cfg.palette],
+        ignore_index=dataset_cfg.ignore_index,
+        split_sizes={k: len(v) for k, v in datasets.items()},
+        representation=dataset_cfg.representation,
+        num_bins=dataset_cfg.num_bins,
+        modality=dataset_cfg.modality,
+        event_channels=representation_channels(dataset_cfg.representation, dataset_cfg.num_bins),
+        input_channels=input_channels(dataset_cfg.modality, dataset_cfg.representation,
+                                      dataset_cfg.num_bins),
+        root=str(root),
+        skipped_frames=skipped,
+    )
+    workers = trainer_cfg.num_workers
+    loaders = {}
+    for split, ds in datasets.items():
+        train = split == "train"
+        generator = torch.Generator().manual_seed(seed)
+        loaders[split] = DataLoader(
+            ds,
+            batch_size=trainer_cfg.batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > trainer_cfg.batch_size,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=generator,
+            worker_init_fn=_seed_worker,
+        )
+    return DataBundle(info=info, loaders=loaders)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Workers inherit torch's per-worker seed; numpy and random must follow it for reproducibility.
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)

@@ -1,0 +1,150 @@
+"""Reader for the EventScape on-disk layout (RAM-Net release), also used by the synthetic set.
+
+::
+
+    <root>/<split folder>/TownXX/sequence_<k>/
+        rgb/data/       TT_SSS_FFFF_image.png         + timestamps.txt
+        events/data/    TT_SSS_FFFF_events.npz        + timestamps.txt + boundary_timestamps.txt
+        semantic/data/  TT_SSS_FFFF_gt_labelIds.png
+
+Modalities are paired by the frame index in the file names. Frames without an events file (the
+first of each sequence in the release) are skipped and counted. Event tensors are built on the fly
+from the raw ``.npz`` (x, y, t, p); the time unit does not matter for the voxel grid, which
+normalises time over each window.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .events import events_to_tensor
+from .labels import remap_labels
+
+log = logging.getLogger(__name__)
+
+FRAME_RE = re.compile(r"^(\d+)_(\d+)_(\d+)_gt_labelIds\.png$")
+
+
+class DatasetError(RuntimeError):
+    """A dataset that is missing, incomplete or corrupt; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class FrameFiles:
+    id: str
+    rgb: Path
+    events: Path
+    label: Path
+
+
+def index_split(split_dir: Path) -> tuple[list[FrameFiles], int]:
+    """All labelled frames under one split folder, and how many were skipped for lack of events."""
+    if not split_dir.is_dir():
+        raise DatasetError(f"split folder not found: {split_dir}")
+    sequences = sorted(p for p in split_dir.glob("*/sequence_*") if p.is_dir())
+    if not sequences:
+        raise DatasetError(f"no TownXX/sequence_<k> folders under {split_dir}")
+    frames, skipped = [], 0
+    for seq in sequences:
+        sem_dir = seq / "semantic" / "data"
+        if not sem_dir.is_dir():
+            raise DatasetError(f"{seq} has no semantic/data folder (incomplete download?)")
+        for label in sorted(sem_dir.iterdir()):
+            m = FRAME_RE.match(label.name)
+            if not m:
+                continue
+            stem = f"{m.group(1)}_{m.group(2)}_{m.group(3)}"
+            rgb = seq / "rgb" / "data" / f"{stem}_image.png"
+            events = seq / "events" / "data" / f"{stem}_events.npz"
+            if not events.exists():
+                skipped += 1
+                continue
+            if not rgb.exists():
+                raise DatasetError(f"missing RGB frame {rgb} (paired with {label.name})")
+            frames.append(FrameFiles(f"{seq.parent.name}/{seq.name}/{stem}", rgb, events, label))
+    if not frames:
+        raise DatasetError(f"no frames with events and labels under {split_dir}")
+    return frames, skipped
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DatasetError(f"cannot read image {path} (missing or corrupt file)")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def read_label(path: Path) -> np.ndarray:
+    import cv2
+
+    tags = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if tags is None:
+        raise DatasetError(f"cannot read label {path} (missing or corrupt file)")
+    return tags[..., 0] if tags.ndim == 3 else tags
+
+
+def read_events(path: Path) -> dict:
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in ("x", "y", "t", "p")}
+    except KeyError as e:
+        raise DatasetError(f"events file {path} lacks key {e}; expected x, y, t, p") from None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError from a truncated file
+        raise DatasetError(f"cannot read events file {path}: {e} (corrupt or truncated?)") from None
+
+
+class EventScapesDataset:
+    """A map-style dataset returning the shared sample dict (see DESIGN.md).
+
+    Args:
+        frames: the indexed frames of one split.
+        representation, num_bins, normalize_events: the event tensor to build.
+        height, width: the sensor size the events are binned at (the frame size).
+        label_map: ``label_map[tag]`` is the class of tag ``tag``; others become ``ignore_index``.
+        transform: a joint transform (see transforms.py) or None.
+    """
+
+    def __init__(self, frames: Sequence[FrameFiles], representation: str, num_bins: int,
+                 normalize_events: bool, label_map: Optional[Sequence[int]], ignore_index: int,
+                 transform=None):
+        self.frames = list(frames)
+        self.representation = representation
+        self.num_bins = num_bins
+        self.normalize_events = normalize_events
+        self.label_map = label_map
+        self.ignore_index = ignore_index
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict:
+        f = self.frames[index]
+        rgb = read_rgb(f.rgb)
+        height, width = rgb.shape[:2]
+        tags = read_label(f.label)
+        if tags.shape != (height, width):
+            raise DatasetError(f"label {f.label} is {tags.shape}, its RGB frame {height}x{width}")
+        mask = remap_labels(tags, self.label_map, self.ignore_index)
+        try:
+            events = events_to_tensor(read_events(f.events), self.representation, self.num_bins,
+                                      height, width, normalize=self.normalize_events)
+        except ValueError as e:
+            raise DatasetError(f"{f.events}: {e}") from None
+        events = np.ascontiguousarray(events.transpose(1, 2, 0))  # HWC for the transforms
+        if self.transform is not None:
+            rgb, events, mask = self.transform(rgb, events, mask)
+        return {
+            "rgb": np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32),
+            "events": np.ascontiguousarray(events.transpose(2, 0, 1), dtype=np.float32),
+            "mask": mask.astype(np.int64),
+            "id": f.id,
+        }

@@ -1,0 +1,118 @@
+"""Event representations: pure, vectorised functions (numpy in, numpy out; torch tensors accepted).
+
+Events are four equally long arrays: ``x`` (column), ``y`` (row), ``t`` (timestamp, any unit) and
+``p`` (polarity as 0/1, bool or -1/+1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+REPRESENTATIONS = ("voxel_grid", "histogram")
+
+
+def _as_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor, without importing torch here
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def signed_polarity(p) -> np.ndarray:
+    """Polarity as float32 -1/+1 whatever the input encoding (0/1, bool, -1/+1).
+
+    The cast to a signed type comes first: mapping 0 -> -1 on a uint8 or bool array wraps or stays 1.
+    """
+    p = _as_numpy(p)
+    if p.dtype == np.bool_:
+        return np.where(p, 1.0, -1.0).astype(np.float32)
+    p = p.astype(np.float32)
+    return np.where(p > 0, 1.0, -1.0).astype(np.float32)
+
+
+def _flat_pixel_index(x, y, height: int, width: int) -> np.ndarray:
+    x = _as_numpy(x).astype(np.int64)
+    y = _as_numpy(y).astype(np.int64)
+    if x.size and (x.min() < 0 or x.max() >= width or y.min() < 0 or y.max() >= height):
+        raise ValueError(
+            f"event coordinates out of range: x in [{x.min()}, {x.max()}], y in [{y.min()}, "
+            f"{y.max()}] for a {height}x{width} sensor"
+        )
+    return y * width + x
+
+
+def voxel_grid(x, y, t, p, num_bins: int, height: int, width: int,
+               normalize: bool = False) -> np.ndarray:
+    """The rpg voxel grid (E2VID / ESS / DSEC convention), float32 ``[num_bins, height, width]``.
+
+    Time is normalised to ``[0, num_bins - 1]`` with the first and last timestamp of the window;
+    each event adds ``p * (1 - |tn - b|)`` to the two nearest bins ``b``, with polarity -1/+1.
+    A window whose events share one timestamp puts them all in bin 0 (no division by zero).
+    ``normalize`` standardises the non-zero cells (mean 0, std 1; only centred when std is 0).
+    """
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    grid = np.zeros(num_bins * height * width, dtype=np.float32)
+    t = _as_numpy(t)
+    if t.size == 0:
+        return grid.reshape(num_bins, height, width)
+    pix = _flat_pixel_index(x, y, height, width)
+    pol = signed_polarity(p)
+    # float64 for the time arithmetic: nanosecond int64 stamps lose precision in float32.
+    t = t.astype(np.float64)
+    t0, t1 = t.min(), t.max()
+    span = t1 - t0
+    tn = (num_bins - 1) * (t - t0) / span if span > 0 else np.zeros_like(t)
+    left = np.floor(tn).astype(np.int64)
+    frac = (tn - left).astype(np.float32)
+    plane = height * width
+    for offset, weight in ((0, 1.0 - frac), (1, frac)):
+        b = left + offset
+        keep = (b >= 0) & (b < num_bins) & (weight != 0)
+        np.add.at(grid, b[keep] * plane + pix[keep], pol[keep] * weight[keep])
+    grid = grid.reshape(num_bins, height, width)
+    if normalize:
+        grid = normalize_nonzero(grid)
+    return grid
+
+
+def normalize_nonzero(grid: np.ndarray) -> np.ndarray:
+    """Standardise the non-zero cells only; cells without events stay exactly 0."""
+    grid = np.array(grid, dtype=np.float32, copy=True)
+    mask = grid != 0
+    if not mask.any():
+        return grid
+    values = grid[mask]
+    mean, std = values.mean(), values.std()
+    grid[mask] = (values - mean) / std if std > 0 else values - mean
+    return grid
+
+
+def histogram(x, y, p, height: int, width: int) -> np.ndarray:
+    """Event counts per pixel and polarity, float32 ``[2, height, width]``: (negative, positive)."""
+    pix = _flat_pixel_index(x, y, height, width)
+    positive = (signed_polarity(p) > 0).astype(np.int64)
+    counts = np.bincount(positive * (height * width) + pix, minlength=2 * height * width)
+    return counts.astype(np.float32).reshape(2, height, width)
+
+
+def representation_channels(representation: str, num_bins: int) -> int:
+    if representation == "voxel_grid":
+        return num_bins
+    if representation == "histogram":
+        return 2
+    raise ValueError(f"unknown event representation {representation!r}; "
+                     f"choose one of {', '.join(REPRESENTATIONS)}")
+
+
+def events_to_tensor(events: dict, representation: str, num_bins: int, height: int, width: int,
+                     normalize: bool = False) -> np.ndarray:
+    """Builds the configured representation from an ``{x, y, t, p}`` mapping."""
+    if representation == "voxel_grid":
+        return voxel_grid(events["x"], events["y"], events["t"], events["p"], num_bins,
+                          height, width, normalize=normalize)
+    if representation == "histogram":
+        grid = histogram(events["x"], events["y"], events["p"], height, width)
+        # Counts are unbounded; log1p keeps busy pixels from dominating the input scale.
+        return np.log1p(grid) if normalize else grid
+    representation_channels(representation, num_bins)  # raises the readable error
+    raise AssertionError("unreachable")

@@ -1,0 +1,25 @@
+"""Class names, palettes and label mappings."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def remap_labels(tags: np.ndarray, label_map: Optional[Sequence[int]], ignore_index: int) -> np.ndarray:
+    """Maps raw label ids to training classes with a lookup table; unknown ids become ignore.
+
+    ``label_map[i]`` is the class of raw id ``i``; ``None`` keeps ids as they are.
+    """
+    if label_map is None:
+        return tags.astype(np.int64)
+    lut = np.full(256 if tags.dtype == np.uint8 else max(int(tags.max()) + 1, len(label_map)),
+                  ignore_index, dtype=np.int64)
+    lut[: len(label_map)] = np.asarray(label_map, dtype=np.int64)
+    return lut[tags]
+
+
+def class_frequencies(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    valid = mask[mask != ignore_index]
+    return np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]

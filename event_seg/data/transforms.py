@@ -1,0 +1,37 @@
+"""Joint transforms: geometric ones act identically on RGB, the event tensor and the mask;
+photometric ones (here: normalisation) touch RGB only. Evaluation splits are deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ImageNet statistics: encoders are usually initialised for them, and they centre RGB near 0.
+RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+
+
+class JointTransform:
+    """Albumentations pipeline over ``(rgb uint8 HWC, events float32 HWC, mask int HW)``.
+
+    Events ride along as an extra image target, so any channel count works and flips apply to
+    all three targets with the same random draw.
+    """
+
+    def __init__(self, train: bool, hflip: float = 0.5):
+        import albumentations as A
+
+        geometric = [A.HorizontalFlip(p=hflip)] if train and hflip > 0 else []
+        self.pipeline = A.Compose(geometric, additional_targets={"events": "image"}) if geometric else None
+
+    def __call__(self, rgb, events, mask):
+        if self.pipeline is not None:
+            out = self.pipeline(image=rgb, events=events, mask=mask)
+            rgb, events, mask = out["image"], out["events"], out["mask"]
+        rgb = (rgb.astype(np.float32) - RGB_MEAN) / RGB_STD
+        return rgb, events, mask
+
+
+def denormalize_rgb(rgb_chw: np.ndarray) -> np.ndarray:
+    """Back to uint8 HWC for display."""
+    img = rgb_chw.transpose(1, 2, 0) * RGB_STD + RGB_MEAN
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""The training engine: the loop, metrics, checkpoints and run folders."""

@@ -1,0 +1,216 @@
+"""The plain PyTorch training loop: train one epoch, validate, checkpoint, repeat.
+
+Read it top to bottom: :meth:`Trainer.fit` is the whole story; ``train_one_epoch`` and
+``evaluate`` get everything they need passed in. Per-batch losses are accumulated on the device
+(no host sync per step); the progress bar reads them every ``log_every_n_steps`` batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from itertools import islice
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..models import model_input
+from .checkpoint import link_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .metrics import SegmentationMetrics
+from .schedule import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name != "fp32" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision={name} needs a CUDA device; use fp32 or auto on CPU")
+    return name
+
+
+class Trainer:
+    def __init__(self, cfg, model: nn.Module, data, loggers, trial, full_config: Optional[dict] = None):
+        self.cfg = cfg  # the trainer section
+        self.full_config = full_config or {}
+        self.data = data
+        self.info = data.info
+        self.loggers = loggers
+        self.trial = trial
+        self.device = resolve_device(cfg.trainer.device)
+        self.precision = resolve_precision(cfg.trainer.precision, self.device)
+        self.model = model.to(self.device)
+        self.steps_per_epoch = _limited_len(data.loaders["train"], cfg.trainer.limit_batches)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.steps_per_epoch,
+                                         cfg.trainer.epochs)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.criterion = nn.CrossEntropyLoss(ignore_index=self.info.ignore_index)
+        self.start_epoch = 0
+        self.global_step = 0
+        self.best_metric = -math.inf
+        self.best_epoch = 0
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> float:
+        t = self.cfg.trainer
+        log.info("Training %s on %s (%s): %d epochs x %d steps, run folder %s",
+                 self.cfg.model.arch, self.device, self.precision, t.epochs, self.steps_per_epoch,
+                 self.trial.run_dir)
+        for epoch in range(self.start_epoch + 1, t.epochs + 1):
+            started = time.perf_counter()
+            train_loss = self.train_one_epoch(epoch)
+            val = self.evaluate(self.data.loaders["val"], "val", epoch)
+            metrics = {"train_loss": train_loss, **val,
+                       "learning_rate": self.optimizer.param_groups[0]["lr"],
+                       "epoch_time_s": time.perf_counter() - started}
+            self.loggers.log_metrics(metrics, epoch)
+            improved = val["val_mean_iou"] > self.best_metric
+            if improved:
+                self.best_metric, self.best_epoch = val["val_mean_iou"], epoch
+            self._save(epoch, improved)
+            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mean_iou %.4f%s  (%.1fs)",
+                     epoch, t.epochs, train_loss, val["val_loss"], val["val_mean_iou"],
+                     "  *best*" if improved else "", metrics["epoch_time_s"])
+        self._final_test()
+        return self.best_metric
+
+    def train_one_epoch(self, epoch: int) -> float:
+        t = self.cfg.trainer
+        self.model.train()
+        loader = self.data.loaders["train"]
+        loss_sum = torch.zeros((), device=self.device)
+        count = 0
+        bar = self._progress(loader, f"epoch {epoch}/{t.epochs} train", self.steps_per_epoch)
+        for batch in bar:
+            inputs, target = self._to_device(batch)
+            with self._autocast():
+                loss = self.criterion(self.model(inputs), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if t.grad_clip_norm:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.global_step += 1
+            loss_sum += loss.detach()
+            count += 1
+            if hasattr(bar, "set_postfix") and count % max(t.log_every_n_steps, 1) == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        return loss_sum.item() / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, loader, prefix: str, epoch: int) -> Dict[str, float]:
+        t = self.cfg.trainer
+        self.model.eval()
+        metrics = SegmentationMetrics(self.info.num_classes, self.info.ignore_index,
+                                      self.info.class_names, self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        count = 0
+        total = _limited_len(loader, t.limit_batches)
+        for batch in self._progress(loader, f"epoch {epoch}/{t.epochs} {prefix}", total):
+            inputs, target = self._to_device(batch)
+            with self._autocast():
+                logits = self.model(inputs)
+                loss = self.criterion(logits, target)
+            loss_sum += loss.detach()
+            count += 1
+            metrics.update(logits.float(), target)
+        return {f"{prefix}_loss": loss_sum.item() / max(count, 1), **metrics.compute(prefix)}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _to_device(self, batch):
+        nb = self.device.type == "cuda"
+        moved = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if torch.is_tensor(v)}
+        return model_input(moved, self.info.modality), moved["mask"]
+
+    def _autocast(self):
+        if self.precision in PRECISION_DTYPES:
+            return torch.autocast(self.device.type, dtype=PRECISION_DTYPES[self.precision])
+        return nullcontext()
+
+    def _progress(self, loader, desc: str, total: int):
+        batches = islice(loader, total)
+        if not self.cfg.trainer.progress_bar:
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(batches, desc=desc, total=total, leave=False, dynamic_ncols=True, unit="batch")
+
+    def _state(self, epoch: int) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+            "config": self.full_config,
+            "dataset_info": self.info.as_dict(),
+            "trial": {"name": self.trial.name, "timestamp": self.trial.timestamp},
+        }
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        state = self._state(epoch)
+        save_checkpoint(state, self.trial.last_checkpoint)
+        if improved:
+            link_checkpoint(self.trial.last_checkpoint, self.trial.best_checkpoint)
+
+    def resume_if_possible(self) -> None:
+        """Restores everything from ``last.pt`` when the trial folder holds one."""
+        path = self.trial.resume_path
+        if path is None:
+            return
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state.get("best_epoch", 0))
+        restore_rng_state(state["rng"])
+        log.info("Resumed from %s at epoch %d (best val_mean_iou %.4f)",
+                 path, self.start_epoch, self.best_metric)
+
+    def _final_test(self) -> None:
+        """Scores the best checkpoint on the test split and writes ``metrics.json``."""
+        summary = {"best_val_mean_iou": self.best_metric, "best_epoch": self.best_epoch,
+                   "epochs": self.cfg.trainer.epochs}
+        loader = self.data.loaders.get("test")
+        if loader is not None and self.trial.best_checkpoint.is_file():
+            self.model.load_state_dict(load_checkpoint(self.trial.best_checkpoint)["model"])
+            test = self.evaluate(loader, "test", self.cfg.trainer.epochs)
+            self.loggers.log_metrics(test, self.cfg.trainer.epochs)
+            summary.update(test)
+            log.info("test (best checkpoint, epoch %d): test_mean_iou %.4f  test_pixel_accuracy %.4f",
+                     self.best_epoch, test["test_mean_iou"], test["test_pixel_accuracy"])
+        path = self.trial.run_dir / "metrics.json"
+        path.write_text(json.dumps(summary, indent=2, allow_nan=True))
+
+
+def _limited_len(loader, limit: Optional[int]) -> int:
+    return len(loader) if limit is None else min(len(loader), limit)

@@ -1,0 +1,52 @@
+"""A trial: the run folder, its name and timestamp, and where to resume from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class Trial:
+    name: str
+    timestamp: str
+    run_dir: Path
+    job_num: Optional[int] = None  # the multirun job number, None for a single run
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    @property
+    def resume_path(self) -> Optional[Path]:
+        """``last.pt`` when this trial's folder already holds one (a restart with its timestamp)."""
+        return self.last_checkpoint if self.last_checkpoint.is_file() else None
+
+    @classmethod
+    def from_config(cls, cfg) -> "Trial":
+        """Uses Hydra's output folder when Hydra runs us, else ``<output_root>/<run_name>``."""
+        run_dir, job_num = None, None
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            hc = HydraConfig.get()
+            run_dir = Path(hc.runtime.output_dir)
+            if hc.mode == RunMode.MULTIRUN:
+                job_num = hc.job.num
+        except ValueError:  # not under @hydra.main (e.g. a notebook calling run(cfg))
+            pass
+        if run_dir is None:
+            run_dir = Path(cfg.paths.output_root) / cfg.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return cls(name=cfg.run_name, timestamp=str(cfg.trial_timestamp), run_dir=run_dir,
+                   job_num=job_num)

@@ -1,0 +1,43 @@
+"""TensorBoard through torch's SummaryWriter: epoch scalars, config text, image panels."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from .base import Logger
+
+
+class TensorBoardLogger(Logger):
+    name = "tensorboard"
+
+    def __init__(self, trial, subdir: str = "tensorboard", start_epoch: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = trial.run_dir / subdir
+        # On resume, purge anything logged at or after the first epoch to redo, so restarted
+        # epochs are not duplicated.
+        self.writer = SummaryWriter(str(self.log_dir),
+                                    purge_step=start_epoch + 1 if start_epoch > 0 else None)
+
+    def log_config(self, config, meta) -> None:
+        text = json.dumps({"meta": meta, "config": config}, indent=2, default=str)
+        # Markdown code block keeps the JSON readable in TensorBoard's text tab.
+        self.writer.add_text("run/config", "```\n" + text + "\n```", 0)
+        self.writer.flush()
+
+    def log_metrics(self, metrics, epoch) -> None:
+        for key, value in metrics.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def log_images(self, stage, batch_idx, panels, epoch) -> None:
+        for panel, image in panels.items():
+            self.writer.add_image(f"{stage}/batch_{batch_idx:02d}/{panel}", image, epoch,
+                                  dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,52 @@
+"""Model factory and how a batch becomes the model input."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def model_input(batch: dict, modality: str):
+    """Concatenates the chosen inputs along channels: rgb [B,3,H,W] and/or events [B,C,H,W]."""
+    import torch
+
+    if modality == "rgb":
+        return batch["rgb"]
+    if modality == "events":
+        return batch["events"]
+    return torch.cat([batch["rgb"], batch["events"]], dim=1)
+
+
+def build_model(model_cfg, info):
+    """``smp.create_model`` with in/out channels taken from the dataset.
+
+    ``encoder_weights`` may be null (random init), a path to a local state-dict file for the
+    encoder, or a weights name smp downloads (needs internet).
+    """
+    import segmentation_models_pytorch as smp
+    import torch
+
+    weights = model_cfg.encoder_weights
+    local_file = weights is not None and (os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    model = smp.create_model(
+        arch=model_cfg.arch,
+        encoder_name=model_cfg.encoder_name,
+        encoder_weights=None if local_file else weights,
+        in_channels=info.input_channels,
+        classes=info.num_classes,
+    )
+    if local_file:
+        path = os.path.expanduser(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model.encoder_weights={weights}: no such file")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+        log.info("Loaded encoder weights from %s (%d missing, %d unexpected keys)",
+                 path, len(missing), len(unexpected))
+    return model
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,97 @@
+"""Training entry point: ``python -m event_seg.train [overrides]`` (or ``event-seg-train``).
+
+Thin on purpose: it wires the parts together (see DESIGN.md) and turns the errors a user can fix
+into one readable line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from . import config as _config  # registers the schemas before Hydra composes
+
+log = logging.getLogger("event_seg")
+
+
+def run(cfg: DictConfig) -> float:
+    """Trains one configured run and returns its best ``val_mean_iou`` (what sweepers optimise)."""
+    _config.validate(cfg)
+
+    import torch
+
+    from .data import build_data
+    from .engine.trainer import Trainer
+    from .engine.trial import Trial
+    from .loggers import build_loggers
+    from .models import build_model, count_parameters
+
+    torch.manual_seed(cfg.seed)
+    import random
+
+    import numpy as np
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    trial = Trial.from_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (trial.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+    data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed)
+    log.info("Dataset %s at %s: %s, %s x%d, input channels %d", data.info.name, data.info.root,
+             data.info.split_sizes, data.info.representation, data.info.event_channels,
+             data.info.input_channels)
+    model = build_model(cfg.model, data.info)
+
+    trainer = Trainer(cfg, model, data, loggers=None, trial=trial, full_config=resolved)
+    trainer.resume_if_possible()
+    # Loggers start after the resume point is known, so they can drop the epochs to be redone.
+    loggers = build_loggers(cfg.logger, trial, start_epoch=trainer.start_epoch)
+    trainer.loggers = loggers
+    meta = {
+        "run_name": trial.name,
+        "trial_timestamp": trial.timestamp,
+        "run_dir": str(trial.run_dir),
+        "dataset": data.info.as_dict(),
+        "model_parameters": count_parameters(model),
+    }
+    try:
+        loggers.log_config(resolved, meta)
+        return trainer.fit()
+    finally:
+        loggers.close()
+
+
+USER_ERRORS = ("ConfigError", "DatasetError", "CheckpointError", "FileNotFoundError")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except Exception as e:
+        if type(e).__name__ not in USER_ERRORS:
+            raise
+        # One readable line instead of a traceback: these are errors the user can fix.
+        if _in_multirun():
+            raise  # Hydra records it against this job
+        log.error("%s", e)
+        sys.exit(2)
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    main()
