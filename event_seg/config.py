@@ -92,7 +92,7 @@ class SchedulerConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"
@@ -165,6 +165,11 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} must be positive")
+    # Encoder-decoders downsample 5 times; other sizes fail deep inside smp.
+    for key in ("height", "width"):
+        if cfg.dataset[key] % 32:
+            raise ConfigError(f"dataset.{key}={cfg.dataset[key]} must be a multiple of 32 "
+                              f"(the encoder's output stride)")
     if cfg.trainer.num_workers < 0:
         raise ConfigError(f"trainer.num_workers={cfg.trainer.num_workers} must be >= 0")
     if cfg.trainer.limit_batches is not None and cfg.trainer.limit_batches <= 0:

@@ -1,0 +1,120 @@
+"""End to end: the real CLI in a subprocess with Hydra overrides, read back from disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCH_SCALARS = ("train_loss", "val_loss", "val_mean_iou", "learning_rate")
+
+
+def run_cli(*overrides, out: Path, cache: Path, timeout=600):
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke",
+           f"paths.output_root={out}", *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def scalars(tb_dir: Path) -> dict:
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("outputs")
+    proc = run_cli("trial_timestamp=t1", "model=fpn", "optimizer=sgd", "scheduler=cosine",
+                   "trainer.epochs=2", out=out, cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out / "fpn_t1", proc
+
+
+def test_run_folder_holds_config_log_checkpoints_and_tensorboard(smoke_run):
+    run_dir, _ = smoke_run
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (run_dir / "train.log").is_file()
+    config = (run_dir / "config.yaml").read_text()
+    assert "${" not in config, "the saved config must be resolved"
+    assert "arch: FPN" in config
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["best_val_mean_iou"] <= 1.0
+    assert "test_mean_iou" in metrics
+
+
+def test_tensorboard_has_epoch_scalars(smoke_run):
+    run_dir, _ = smoke_run
+    found = scalars(run_dir / "tensorboard")
+    for tag in EPOCH_SCALARS:
+        assert [step for step, _ in found[tag]] == [1, 2], tag
+    assert all(0.0 <= v <= 1.0 for _, v in found["val_mean_iou"])
+    assert all(v > 0 for _, v in found["train_loss"])
+
+
+def test_checkpoint_holds_everything_to_resume(smoke_run):
+    run_dir, _ = smoke_run
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "global_step",
+                "best_metric", "rng", "config"):
+        assert key in state, key
+    assert state["epoch"] == 2
+    assert state["config"]["model"]["arch"] == "FPN"
+
+
+def test_restart_with_same_timestamp_resumes_without_duplicating_epochs(smoke_run, cache):
+    run_dir, _ = smoke_run
+    proc = run_cli("trial_timestamp=t1", "model=fpn", "optimizer=sgd", "scheduler=cosine",
+                   "trainer.epochs=3", out=run_dir.parent, cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Resumed from" in proc.stdout + proc.stderr
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 3
+    found = scalars(run_dir / "tensorboard")
+    assert [step for step, _ in found["val_mean_iou"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("modality,representation,channels", [
+    ("rgb", "voxel_grid", 3),
+    ("events", "histogram", 2),
+    ("rgb+events", "voxel_grid", 3 + 4),
+])
+def test_model_input_channels_follow_modality(tmp_path, cache, modality, representation, channels):
+    proc = run_cli(f"dataset.modality={modality}", f"dataset.representation={representation}",
+                   "dataset.num_bins=4", "trainer.epochs=1", "logger=none", "trial_timestamp=m",
+                   out=tmp_path, cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = torch.load(tmp_path / "unet_m" / "checkpoints" / "last.pt", weights_only=True)
+    first_conv = state["model"]["encoder.conv1.weight"]
+    assert first_conv.shape[1] == channels
+    assert not (tmp_path / "unet_m" / "tensorboard").exists()  # logger=none
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("trainer.epoch=3", "trainer.epoch"),
+    ("trainer.epochs=ten", "trainer.epochs"),
+    ("model=nope", "nope"),
+    ("dataset.modality=depth", "dataset.modality"),
+    ("dataset.root=/no/such/folder", "/no/such/folder"),
+    ("dataset.height=100", "dataset.height"),
+])
+def test_bad_input_gives_one_clear_message_and_nonzero_exit(tmp_path, cache, override, expected):
+    proc = run_cli(override, out=tmp_path, cache=cache)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert expected in output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) < 15, output
