@@ -1,18 +1,19 @@
 # The whole set-up: `make train` or `make test` on a fresh machine creates .venv and installs
 # everything on first use. torch is pinned here only (pyproject keeps open ranges for GPU users).
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test bench clean-venv
+.PHONY: install train test compare clean-venv
+
+# `make train ARGS="model=fpn dataset.modality=rgb"` passes Hydra overrides through.
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@command -v $(PYTHON) >/dev/null || PYTHON=python3
-	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
 	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_PIN)
@@ -24,8 +25,8 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+compare: $(STAMP)
+	$(PY) benchmarks/compare_modalities.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

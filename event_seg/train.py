@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -69,7 +70,12 @@ def run(cfg: DictConfig) -> float:
 USER_ERRORS = ("ConfigError", "DatasetError", "CheckpointError", "FileNotFoundError")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+# An absolute path, so `python -m event_seg.train` and the `event-seg-train` console script
+# (which Hydra would otherwise resolve as a Python package) find the same conf/ folder.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
