@@ -57,11 +57,11 @@ def voxel_grid(x, y, t, p, num_bins: int, height: int, width: int,
         return grid.reshape(num_bins, height, width)
     pix = _flat_pixel_index(x, y, height, width)
     pol = signed_polarity(p)
-    # float64 for the time arithmetic: nanosecond int64 stamps lose precision in float32.
-    t = t.astype(np.float64)
-    t0, t1 = t.min(), t.max()
-    span = t1 - t0
-    tn = (num_bins - 1) * (t - t0) / span if span > 0 else np.zeros_like(t)
+    # Subtract the first stamp before going to float: epoch nanoseconds (~1.6e18) are beyond
+    # float64's exact integers, offsets within a window are not.
+    t = (t - t.min()).astype(np.float64)
+    span = t.max()
+    tn = (num_bins - 1) * t / span if span > 0 else np.zeros_like(t)
     left = np.floor(tn).astype(np.int64)
     frac = (tn - left).astype(np.float32)
     plane = height * width

@@ -64,8 +64,9 @@ class EventSimulator:
         self.ref = self.level.copy()
         shape = self.level.shape
         self.height, self.width = shape
-        spread = self.rng.normal(0.0, threshold_sigma, size=shape) if threshold_sigma > 0 else 0.0
-        self.threshold = np.maximum(contrast_threshold + spread, 0.05)
+        spread = (self.rng.normal(0.0, threshold_sigma, size=shape) if threshold_sigma > 0
+                  else np.zeros(shape))
+        self.threshold = np.maximum(contrast_threshold + spread, 0.05)  # one per pixel
         self.noise_rate = noise_rate
 
     def step(self, frame: np.ndarray, t0_ns: int, t1_ns: int) -> Events:
