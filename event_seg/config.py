@@ -18,9 +18,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-
-class ConfigError(ValueError):
-    """A config value that composes but cannot be used. Reported as one line, exit code 2."""
+from .errors import ConfigError  # noqa: F401  (re-exported)
 
 
 @dataclass

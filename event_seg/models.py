@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,8 @@ def build_model(model_cfg, info):
     import torch
 
     weights = model_cfg.encoder_weights
-    local_file = weights is not None and (os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    local_file = weights is not None and (
+        os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")))
     model = smp.create_model(
         arch=model_cfg.arch,
         encoder_name=model_cfg.encoder_name,
@@ -40,7 +43,7 @@ def build_model(model_cfg, info):
     if local_file:
         path = os.path.expanduser(weights)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"model.encoder_weights={weights}: no such file")
+            raise ConfigError(f"model.encoder_weights={weights}: no such file")
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing, unexpected = model.encoder.load_state_dict(state, strict=False)
         log.info("Loaded encoder weights from %s (%d missing, %d unexpected keys)",

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as _config  # registers the schemas before Hydra composes
+from .errors import EventSegError
 
 log = logging.getLogger("event_seg")
 
@@ -22,22 +23,13 @@ def run(cfg: DictConfig) -> float:
     """Trains one configured run and returns its best ``val_mean_iou`` (what sweepers optimise)."""
     _config.validate(cfg)
 
-    import torch
-
     from .data import build_data
     from .engine.trainer import Trainer
     from .engine.trial import Trial
     from .loggers import build_loggers
     from .models import build_model, count_parameters
 
-    torch.manual_seed(cfg.seed)
-    import random
-
-    import numpy as np
-
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-
+    seed_everything(cfg.seed)
     trial = Trial.from_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (trial.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
@@ -67,7 +59,17 @@ def run(cfg: DictConfig) -> float:
         loggers.close()
 
 
-USER_ERRORS = ("ConfigError", "DatasetError", "CheckpointError", "FileNotFoundError")
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 
 
 # An absolute path, so `python -m event_seg.train` and the `event-seg-train` console script
@@ -79,9 +81,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
-    except Exception as e:
-        if type(e).__name__ not in USER_ERRORS:
-            raise
+    except EventSegError as e:
         # One readable line instead of a traceback: these are errors the user can fix.
         if _in_multirun():
             raise  # Hydra records it against this job

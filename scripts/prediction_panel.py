@@ -1,6 +1,7 @@
 """Renders prediction panels from a checkpoint: RGB | events | ground truth | prediction.
 
-    .venv/bin/python scripts/prediction_panel.py outputs/<run>/checkpoints/best.pt [out.png] [--split val] [--n 4]
+    .venv/bin/python scripts/prediction_panel.py outputs/<run>/checkpoints/best.pt [out.png] \
+        [--split val] [--n 4]
 
 The model and data are rebuilt from the config stored in the checkpoint.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from event_seg.data.simulator import EventSimulator, Events, log_intensity
 

@@ -23,16 +23,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import DatasetError  # noqa: F401  (re-exported)
 from .events import events_to_tensor
 from .labels import remap_labels
 
 log = logging.getLogger(__name__)
 
 FRAME_RE = re.compile(r"^(\d+)_(\d+)_(\d+)_gt_labelIds\.png$")
-
-
-class DatasetError(RuntimeError):
-    """A dataset that is missing, incomplete or corrupt; the message names the culprit."""
 
 
 @dataclass(frozen=True)

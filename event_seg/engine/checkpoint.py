@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class CheckpointError(RuntimeError):
-    pass
+from ..errors import CheckpointError  # noqa: F401  (re-exported)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

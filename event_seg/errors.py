@@ -1,0 +1,18 @@
+"""Errors a user can fix. The entry points print these as one line and exit non-zero,
+instead of a traceback; anything else is a bug and keeps its traceback."""
+
+
+class EventSegError(Exception):
+    """Base class: the message alone must tell the user what is wrong and where."""
+
+
+class ConfigError(EventSegError, ValueError):
+    """A config value that composes but cannot be used."""
+
+
+class DatasetError(EventSegError, RuntimeError):
+    """A dataset that is missing, incomplete or corrupt; the message names the culprit."""
+
+
+class CheckpointError(EventSegError, RuntimeError):
+    """A checkpoint that is missing, corrupt or unsafe to load; the message names the file."""
