@@ -89,6 +89,18 @@ class SchedulerConfig:
 
 
 @dataclass
+class VisConfig:
+    num_batches: int = 10   # first N batches of every stage and epoch get image panels; 0: off
+    max_samples: int = 4    # samples shown per visualised batch
+
+
+@dataclass
+class InferenceConfig:
+    enabled: bool = True    # formerly enable_inference_during_training
+    every_n_epochs: int = 1
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 6
     batch_size: int = 8
@@ -99,6 +111,8 @@ class TrainerConfig:
     limit_batches: Optional[int] = None
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    vis: VisConfig = field(default_factory=VisConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 @dataclass
@@ -168,6 +182,10 @@ def validate(cfg: DictConfig) -> None:
         if cfg.dataset[key] % 32:
             raise ConfigError(f"dataset.{key}={cfg.dataset[key]} must be a multiple of 32 "
                               f"(the encoder's output stride)")
+    if cfg.trainer.vis.num_batches < 0 or cfg.trainer.vis.max_samples < 1:
+        raise ConfigError("trainer.vis.num_batches must be >= 0 and trainer.vis.max_samples >= 1")
+    if cfg.trainer.inference.every_n_epochs < 1:
+        raise ConfigError("trainer.inference.every_n_epochs must be >= 1")
     if cfg.trainer.num_workers < 0:
         raise ConfigError(f"trainer.num_workers={cfg.trainer.num_workers} must be >= 0")
     if cfg.trainer.limit_batches is not None and cfg.trainer.limit_batches <= 0:

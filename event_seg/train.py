@@ -27,7 +27,9 @@ def run(cfg: DictConfig) -> float:
     from .engine.trainer import Trainer
     from .engine.trial import Trial
     from .loggers import build_loggers
+    from .loggers.background import BackgroundLogging
     from .models import build_model, count_parameters
+    from .viz import panel_renderer
 
     seed_everything(cfg.seed)
     trial = Trial.from_config(cfg)
@@ -43,7 +45,8 @@ def run(cfg: DictConfig) -> float:
     trainer = Trainer(cfg, model, data, loggers=None, trial=trial, full_config=resolved)
     trainer.resume_if_possible()
     # Loggers start after the resume point is known, so they can drop the epochs to be redone.
-    loggers = build_loggers(cfg.logger, trial, start_epoch=trainer.start_epoch)
+    loggers = BackgroundLogging(build_loggers(cfg.logger, trial, start_epoch=trainer.start_epoch),
+                                render=panel_renderer(data.info))
     trainer.loggers = loggers
     meta = {
         "run_name": trial.name,

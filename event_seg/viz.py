@@ -5,7 +5,8 @@ Everything here is numpy uint8 HWC in, numpy uint8 HWC out, and knows nothing of
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -56,3 +57,59 @@ def stack_rows(rows: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
         if i < len(rows) - 1:
             parts.append(spacer)
     return np.concatenate(parts, axis=0)
+
+
+@dataclass
+class PanelSample:
+    """One sample as W&B overlays want it: the RGB and two class-id masks."""
+
+    id: str
+    rgb: np.ndarray           # uint8 HWC
+    ground_truth: np.ndarray  # uint8/int HW class ids (ignore stays ignore_index)
+    prediction: np.ndarray
+
+
+@dataclass
+class Panels:
+    """The pictures of one visualised batch.
+
+    ``images`` holds one picture per panel with the samples stacked vertically: ``rgb``,
+    ``events``, ``ground_truth``, ``prediction`` and ``grid`` (all four side by side).
+    """
+
+    images: Dict[str, np.ndarray]
+    samples: List[PanelSample]
+    class_names: List[str]
+
+
+def render_panels(rgb: np.ndarray, events: np.ndarray, mask: np.ndarray, pred: np.ndarray,
+                  ids: Sequence[str], palette, class_names, ignore_index: int,
+                  representation: str) -> Panels:
+    """Renders a batch given as numpy arrays: rgb uint8 [B,H,W,3], events [B,C,H,W], mask and
+    pred [B,H,W]."""
+    columns = {"rgb": [], "events": [], "ground_truth": [], "prediction": []}
+    samples = []
+    for i in range(len(rgb)):
+        columns["rgb"].append(rgb[i])
+        columns["events"].append(event_frame(events[i], representation))
+        columns["ground_truth"].append(colorize(mask[i], palette, ignore_index))
+        columns["prediction"].append(colorize(pred[i], palette, ignore_index))
+        samples.append(PanelSample(str(ids[i]), rgb[i], mask[i].astype(np.uint8),
+                                   pred[i].astype(np.uint8)))
+    images = {name: stack_rows(col) for name, col in columns.items()}
+    images["grid"] = stack_rows([side_by_side([columns[c][i] for c in columns])
+                                 for i in range(len(rgb))])
+    return Panels(images=images, samples=samples, class_names=list(class_names))
+
+
+def panel_renderer(info):
+    """``render(rgb, events, mask, pred, ids) -> Panels`` for a dataset; rgb comes normalised
+    float [B,3,H,W] as the loader yields it and is turned back into displayable uint8 here."""
+    from .data.transforms import denormalize_rgb
+
+    def render(rgb, events, mask, pred, ids) -> Panels:
+        rgb_u8 = np.stack([denormalize_rgb(x) for x in rgb])
+        return render_panels(rgb_u8, events, mask, pred, ids, info.palette, info.class_names,
+                             info.ignore_index, info.representation)
+
+    return render

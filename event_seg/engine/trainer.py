@@ -75,11 +75,13 @@ class Trainer:
                  self.trial.run_dir)
         for epoch in range(self.start_epoch + 1, t.epochs + 1):
             started = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch started with
             train_loss = self.train_one_epoch(epoch)
             val = self.evaluate(self.data.loaders["val"], "val", epoch)
-            metrics = {"train_loss": train_loss, **val,
-                       "learning_rate": self.optimizer.param_groups[0]["lr"],
-                       "epoch_time_s": time.perf_counter() - started}
+            metrics = {"train_loss": train_loss, **val, "learning_rate": lr}
+            if self._inference_due(epoch):
+                metrics.update(self.evaluate(self.data.loaders["test"], "inference", epoch))
+            metrics["epoch_time_s"] = time.perf_counter() - started
             self.loggers.log_metrics(metrics, epoch)
             improved = val["val_mean_iou"] > self.best_metric
             if improved:
@@ -91,6 +93,11 @@ class Trainer:
         self._final_test()
         return self.best_metric
 
+    def _inference_due(self, epoch: int) -> bool:
+        inference = self.cfg.trainer.inference
+        return (inference.enabled and "test" in self.data.loaders
+                and epoch % inference.every_n_epochs == 0)
+
     def train_one_epoch(self, epoch: int) -> float:
         t = self.cfg.trainer
         self.model.train()
@@ -98,10 +105,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         count = 0
         bar = self._progress(loader, f"epoch {epoch}/{t.epochs} train", self.steps_per_epoch)
-        for batch in bar:
+        for batch_idx, batch in enumerate(bar):
             inputs, target = self._to_device(batch)
             with self._autocast():
-                loss = self.criterion(self.model(inputs), target)
+                logits = self.model(inputs)
+                loss = self.criterion(logits, target)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if t.grad_clip_norm:
@@ -111,6 +119,7 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             self.global_step += 1
+            self._visualize("train", batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()
             count += 1
             if hasattr(bar, "set_postfix") and count % max(t.log_every_n_steps, 1) == 0:
@@ -119,7 +128,8 @@ class Trainer:
         return loss_sum.item() / max(count, 1)
 
     @torch.no_grad()
-    def evaluate(self, loader, prefix: str, epoch: int) -> Dict[str, float]:
+    def evaluate(self, loader, prefix: str, epoch: int, visualize: bool = True) -> Dict[str, float]:
+        """Loss and segmentation metrics over ``loader``, named ``<prefix>_...``."""
         t = self.cfg.trainer
         self.model.eval()
         metrics = SegmentationMetrics(self.info.num_classes, self.info.ignore_index,
@@ -127,17 +137,35 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         count = 0
         total = _limited_len(loader, t.limit_batches)
-        for batch in self._progress(loader, f"epoch {epoch}/{t.epochs} {prefix}", total):
+        bar = self._progress(loader, f"epoch {epoch}/{t.epochs} {prefix}", total)
+        for batch_idx, batch in enumerate(bar):
             inputs, target = self._to_device(batch)
             with self._autocast():
                 logits = self.model(inputs)
                 loss = self.criterion(logits, target)
+            if visualize:
+                self._visualize(prefix, batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()
             count += 1
             metrics.update(logits.float(), target)
         return {f"{prefix}_loss": loss_sum.item() / max(count, 1), **metrics.compute(prefix)}
 
     # -- helpers ------------------------------------------------------------------------------
+    def _visualize(self, stage: str, batch_idx: int, epoch: int, batch: dict, logits) -> None:
+        """Hands the first samples of an early batch to the logging thread for panels.
+
+        Only the predicted class ids cross from the device (a small uint8 copy); the inputs are
+        the loader's CPU tensors, which the loader does not reuse.
+        """
+        vis = self.cfg.trainer.vis
+        if batch_idx >= vis.num_batches or not getattr(self.loggers, "active", False):
+            return
+        k = min(vis.max_samples, logits.shape[0])
+        pred = logits[:k].detach().argmax(1).to(torch.uint8).cpu().numpy()
+        self.loggers.log_batch(stage, batch_idx, epoch, batch["rgb"][:k].numpy(),
+                               batch["events"][:k].numpy(), batch["mask"][:k].numpy(), pred,
+                               list(batch["id"][:k]))
+
     def _to_device(self, batch):
         nb = self.device.type == "cuda"
         moved = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if torch.is_tensor(v)}
@@ -203,7 +231,7 @@ class Trainer:
         loader = self.data.loaders.get("test")
         if loader is not None and self.trial.best_checkpoint.is_file():
             self.model.load_state_dict(load_checkpoint(self.trial.best_checkpoint)["model"])
-            test = self.evaluate(loader, "test", self.cfg.trainer.epochs)
+            test = self.evaluate(loader, "test", self.cfg.trainer.epochs, visualize=False)
             self.loggers.log_metrics(test, self.cfg.trainer.epochs)
             summary.update(test)
             log.info("test (best checkpoint, epoch %d): test_mean_iou %.4f  test_pixel_accuracy %.4f",

@@ -23,8 +23,8 @@ class Logger:
     def log_metrics(self, metrics: Mapping[str, float], epoch: int) -> None:
         pass
 
-    def log_images(self, stage: str, batch_idx: int, panels: Mapping[str, Any], epoch: int) -> None:
-        pass
+    def log_images(self, stage: str, batch_idx: int, panels, epoch: int) -> None:
+        """``panels`` is a :class:`event_seg.viz.Panels` (pictures plus per-sample masks)."""
 
     def close(self) -> None:
         pass

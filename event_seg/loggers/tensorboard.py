@@ -34,7 +34,7 @@ class TensorBoardLogger(Logger):
         self.writer.flush()
 
     def log_images(self, stage, batch_idx, panels, epoch) -> None:
-        for panel, image in panels.items():
+        for panel, image in panels.images.items():
             self.writer.add_image(f"{stage}/batch_{batch_idx:02d}/{panel}", image, epoch,
                                   dataformats="HWC")
         self.writer.flush()

@@ -1,0 +1,96 @@
+"""Keeps tracking off the training step's critical path.
+
+Every logger call, and the rendering and encoding of image panels, runs on one worker thread,
+in the order the trainer issued it. The training loop only hands over CPU arrays it already has
+(plus the predicted class ids of the few visualised samples) and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable, Optional
+
+import numpy as np
+
+from .base import Logger, LoggerGroup
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundLogging(Logger):
+    """Wraps a :class:`LoggerGroup`; same interface, plus :meth:`log_batch` for panels.
+
+    Args:
+        group: the loggers to feed.
+        render: ``render(rgb, events, mask, pred, ids) -> Panels`` (see viz.render_panels), run on
+            the worker thread.
+        max_pending: how many calls may wait; past that the trainer waits (memory stays bounded).
+    """
+
+    name = "background"
+
+    def __init__(self, group: LoggerGroup, render: Optional[Callable] = None,
+                 max_pending: int = 256):
+        self.group = group
+        self.render = render
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._work, name="event-seg-logging", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    @property
+    def active(self) -> bool:
+        """False when no logger is left: then nothing is rendered at all."""
+        return len(self.group) > 0
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                fn, args = item
+                fn(*args)
+            except Exception as e:  # a rendering bug must not kill the thread (or training)
+                log.warning("Background logging failed (%s: %s)", type(e).__name__, e)
+            finally:
+                self._queue.task_done()
+
+    def _put(self, fn, *args) -> None:
+        if self._closed or not self.active:
+            return
+        self._queue.put((fn, args))
+
+    def log_config(self, config, meta) -> None:
+        self._put(self.group.log_config, config, meta)
+
+    def log_metrics(self, metrics, epoch) -> None:
+        self._put(self.group.log_metrics, dict(metrics), epoch)
+
+    def log_images(self, stage, batch_idx, panels, epoch) -> None:
+        self._put(self.group.log_images, stage, batch_idx, panels, epoch)
+
+    def log_batch(self, stage: str, batch_idx: int, epoch: int, rgb: np.ndarray,
+                  events: np.ndarray, mask: np.ndarray, pred: np.ndarray, ids) -> None:
+        """Renders panels from raw arrays on the worker, then logs them."""
+        if self.render is None:
+            return
+        self._put(self._render_and_log, stage, batch_idx, epoch, rgb, events, mask, pred, ids)
+
+    def _render_and_log(self, stage, batch_idx, epoch, rgb, events, mask, pred, ids) -> None:
+        panels = self.render(rgb, events, mask, pred, ids)
+        self.group.log_images(stage, batch_idx, panels, epoch)
+
+    def flush(self) -> None:
+        """Waits until everything queued so far has been handed to the loggers."""
+        self._queue.join()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        self.group.close()

@@ -1,0 +1,102 @@
+"""Weights & Biases: epoch metrics, config and metadata, segmentation overlays.
+
+W&B must never stop training (see TRACKING.md): ``wandb.init`` is bounded by ``init_timeout``
+and ``quiet``; if it raises, the ``wandb-core`` side process is torn down and the error goes up
+to :func:`~event_seg.loggers.base.build_loggers`, which warns once and carries on without W&B.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from typing import Optional, Sequence
+
+from .base import Logger
+
+log = logging.getLogger(__name__)
+
+# W&B run ids may not contain : ; , # ? / ' \ % (and stay short).
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+MAX_ID_LENGTH = 64
+# Metrics whose W&B summary is their best (max) value rather than the last one.
+MAX_SUMMARY_METRICS = ("val_mean_iou", "val_weighted_mean_iou", "inference_mean_iou",
+                       "inference_weighted_mean_iou")
+
+
+def wandb_run_id(run_name: str, job_num: Optional[int] = None) -> str:
+    """A run id derived only from the trial (its name embeds the timestamp) and the multirun job:
+    restarting with the same timestamp reattaches to the same W&B run."""
+    raw = run_name if job_num is None else f"{run_name}-job{job_num}"
+    safe = _ID_UNSAFE.sub("-", raw)
+    if len(safe) > MAX_ID_LENGTH:
+        digest = hashlib.sha1(raw.encode()).hexdigest()[:10]
+        safe = f"{safe[:MAX_ID_LENGTH - 11]}-{digest}"
+    return safe
+
+
+class WandbLogger(Logger):
+    name = "wandb"
+
+    def __init__(self, trial, start_epoch: int = 0, entity: Optional[str] = None,
+                 project: str = "event-segmentation", name: Optional[str] = None,
+                 mode: Optional[str] = None, tags: Sequence[str] = (), group: Optional[str] = None,
+                 notes: Optional[str] = None, init_timeout: float = 30.0,
+                 log_system_metrics: bool = True, job_type: str = "train"):
+        import wandb
+
+        self._wandb = wandb
+        if group is None and trial.job_num is not None:
+            group = f"sweep_{trial.timestamp}"  # every job of one -m sweep side by side
+        settings = wandb.Settings(
+            init_timeout=float(init_timeout),
+            quiet=True,                      # no identity look-ups that stall a dead server
+            x_disable_stats=not log_system_metrics,
+            console="off",                   # train.log has the console; keep tqdm untouched
+        )
+        self.run_id = wandb_run_id(trial.name, trial.job_num)
+        try:
+            self.run = wandb.init(
+                entity=entity, project=project, name=name or trial.name, id=self.run_id,
+                dir=str(trial.run_dir), notes=notes, tags=list(tags) or None, group=group,
+                job_type=job_type, mode=mode, resume="allow", reinit="finish_previous",
+                settings=settings,
+            )
+        except BaseException:
+            # A failed init leaves its wandb-core child running; take it down before going on.
+            try:
+                wandb.teardown()
+            except Exception:
+                pass
+            raise
+        self.run.define_metric("epoch")
+        self.run.define_metric("*", step_metric="epoch")
+        for key in MAX_SUMMARY_METRICS:
+            self.run.define_metric(key, step_metric="epoch", summary="max")
+        if start_epoch:
+            log.info("W&B run %s resumed at epoch %d", self.run_id, start_epoch)
+
+    def log_config(self, config, meta) -> None:
+        self.run.config.update({**config, "meta": meta}, allow_val_change=True)
+
+    def log_metrics(self, metrics, epoch) -> None:
+        # Never pass step=: W&B drops steps lower than its own counter, which breaks resume.
+        self.run.log({**metrics, "epoch": epoch})
+
+    def log_images(self, stage, batch_idx, panels, epoch) -> None:
+        wandb = self._wandb
+        class_labels = dict(enumerate(panels.class_names))
+        overlays = [
+            wandb.Image(s.rgb, caption=s.id, masks={
+                "ground_truth": {"mask_data": s.ground_truth, "class_labels": class_labels},
+                "predictions": {"mask_data": s.prediction, "class_labels": class_labels},
+            })
+            for s in panels.samples
+        ]
+        prefix = f"{stage}/batch_{batch_idx:02d}"
+        self.run.log({f"{prefix}/overlay": overlays,
+                      f"{prefix}/grid": wandb.Image(panels.images["grid"]),
+                      "epoch": epoch})
+
+    def close(self) -> None:
+        self.run.finish()
