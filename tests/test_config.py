@@ -69,7 +69,8 @@ def test_every_option_composes_and_validates(group, option):
     if group in ("model", "optimizer", "scheduler"):
         assert cfg[group].name == option
     if group == "logger":
-        assert set(cfg.logger) == ({option} if option != "none" else set())
+        expected = {"none": set(), "wandb+tb": {"wandb", "tensorboard"}}.get(option, {option})
+        assert set(cfg.logger) == expected
 
 
 def test_non_default_options_combine():
