@@ -80,8 +80,21 @@ def seed_everything(seed: int) -> None:
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def main() -> None:
+    """The console script and ``python -m event_seg.train``."""
+    if any(a.endswith("trial_timestamp=latest") for a in sys.argv[1:]):
+        from .latest import expand_latest
+
+        try:
+            sys.argv = expand_latest(sys.argv, CONFIG_DIR)
+        except EventSegError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except EventSegError as e:

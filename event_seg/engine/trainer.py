@@ -66,6 +66,7 @@ class Trainer:
         self.global_step = 0
         self.best_metric = -math.inf
         self.best_epoch = 0
+        self.epoch_times: list = []  # seconds per epoch run in this process (benchmarks read them)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
@@ -82,6 +83,7 @@ class Trainer:
             if self._inference_due(epoch):
                 metrics.update(self.evaluate(self.data.loaders["test"], "inference", epoch))
             metrics["epoch_time_s"] = time.perf_counter() - started
+            self.epoch_times.append(metrics["epoch_time_s"])
             self.loggers.log_metrics(metrics, epoch)
             improved = val["val_mean_iou"] > self.best_metric
             if improved:
@@ -227,7 +229,7 @@ class Trainer:
     def _final_test(self) -> None:
         """Scores the best checkpoint on the test split and writes ``metrics.json``."""
         summary = {"best_val_mean_iou": self.best_metric, "best_epoch": self.best_epoch,
-                   "epochs": self.cfg.trainer.epochs}
+                   "epochs": self.cfg.trainer.epochs, "epoch_times_s": self.epoch_times}
         loader = self.data.loaders.get("test")
         if loader is not None and self.trial.best_checkpoint.is_file():
             self.model.load_state_dict(load_checkpoint(self.trial.best_checkpoint)["model"])

@@ -71,18 +71,23 @@ class LoggerGroup(Logger):
 
 def build_loggers(logger_cfg, trial, start_epoch: int = 0) -> LoggerGroup:
     """Instantiates each ``_target_`` entry of ``cfg.logger``; one that fails to start is skipped."""
+    import time
+
     from hydra.utils import instantiate
 
     loggers: List[Logger] = []
     for key, node in (logger_cfg or {}).items():
         if node is None:
             continue
+        started = time.perf_counter()
         try:
             loggers.append(instantiate(node, trial=trial, start_epoch=start_epoch))
         except Exception as e:
             cause = e.__cause__ or e
-            log.warning("Logger '%s' could not start (%s: %s); training goes on without it",
-                        key, type(cause).__name__, cause)
+            message = " ".join(str(cause).split())[:300]  # one line, however chatty the library
+            log.warning("Logger '%s' could not start after %.1f s (%s: %s); training continues "
+                        "with the other loggers", key, time.perf_counter() - started,
+                        type(cause).__name__, message)
     return LoggerGroup(loggers)
 
 
