@@ -5,7 +5,7 @@ Everything here is numpy uint8 HWC in, numpy uint8 HWC out, and knows nothing of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -59,14 +59,30 @@ def stack_rows(rows: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-@dataclass
-class PanelSample:
-    """One sample as W&B overlays want it: the RGB and two class-id masks."""
+def encode_png(img: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 HWC image. Panels are mostly flat colours, for which zlib's
+    run-length strategy is about as small as the default and faster; encoding is most of what
+    logging images costs."""
+    import cv2
 
-    id: str
-    rgb: np.ndarray           # uint8 HWC
-    ground_truth: np.ndarray  # uint8/int HW class ids (ignore stays ignore_index)
-    prediction: np.ndarray
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1], dtype=np.uint8),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """Single-channel PNG of class ids (the form W&B mask overlays read)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask, dtype=np.uint8),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
 
 
 @dataclass
@@ -75,11 +91,27 @@ class Panels:
 
     ``images`` holds one picture per panel with the samples stacked vertically: ``rgb``,
     ``events``, ``ground_truth``, ``prediction`` and ``grid`` (all four side by side).
+    ``masks`` holds the class ids of ``ground_truth`` and ``prediction`` laid out exactly like
+    the ``rgb`` panel (the gaps between samples are ``ignore_index``), for interactive overlays.
     """
 
     images: Dict[str, np.ndarray]
-    samples: List[PanelSample]
+    masks: Dict[str, np.ndarray]
     class_names: List[str]
+    ids: List[str]
+    _png: Dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def png(self, name: str) -> bytes:
+        """The encoded panel, encoded once however many loggers ask for it."""
+        if name not in self._png:
+            self._png[name] = encode_png(self.images[name])
+        return self._png[name]
+
+    def mask_png(self, name: str) -> bytes:
+        key = f"mask/{name}"
+        if key not in self._png:
+            self._png[key] = encode_mask_png(self.masks[name])
+        return self._png[key]
 
 
 def render_panels(rgb: np.ndarray, events: np.ndarray, mask: np.ndarray, pred: np.ndarray,
@@ -88,18 +120,27 @@ def render_panels(rgb: np.ndarray, events: np.ndarray, mask: np.ndarray, pred: n
     """Renders a batch given as numpy arrays: rgb uint8 [B,H,W,3], events [B,C,H,W], mask and
     pred [B,H,W]."""
     columns = {"rgb": [], "events": [], "ground_truth": [], "prediction": []}
-    samples = []
     for i in range(len(rgb)):
         columns["rgb"].append(rgb[i])
         columns["events"].append(event_frame(events[i], representation))
         columns["ground_truth"].append(colorize(mask[i], palette, ignore_index))
         columns["prediction"].append(colorize(pred[i], palette, ignore_index))
-        samples.append(PanelSample(str(ids[i]), rgb[i], mask[i].astype(np.uint8),
-                                   pred[i].astype(np.uint8)))
     images = {name: stack_rows(col) for name, col in columns.items()}
     images["grid"] = stack_rows([side_by_side([columns[c][i] for c in columns])
                                  for i in range(len(rgb))])
-    return Panels(images=images, samples=samples, class_names=list(class_names))
+    masks = {"ground_truth": _stack_ids(mask, ignore_index), "prediction": _stack_ids(pred, ignore_index)}
+    return Panels(images=images, masks=masks, class_names=list(class_names),
+                  ids=[str(i) for i in ids])
+
+
+def _stack_ids(masks: np.ndarray, fill: int, gap: int = 2) -> np.ndarray:
+    """Class-id masks stacked like :func:`stack_rows` stacks pictures."""
+    rows = []
+    for i, m in enumerate(masks):
+        rows.append(np.asarray(m, dtype=np.uint8))
+        if i < len(masks) - 1:
+            rows.append(np.full((gap, m.shape[1]), fill, np.uint8))
+    return np.concatenate(rows, axis=0)
 
 
 def panel_renderer(info):

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -105,11 +107,16 @@ def test_wandb_offline_run_has_scalars_images_and_metadata(tracked_run):
     assert run.exit_code == 0
     for key in ("train_loss", "val_loss", "val_mean_iou", "learning_rate", "inference_mean_iou"):
         assert [epoch for epoch, _ in run.series(key)] == [1, 2], key
+    files = run_dir / "files"
     for stage in STAGES:
-        masks = [row[f"{stage}/batch_00/overlay/all_masks"] for row in run.history
-                 if f"{stage}/batch_00/overlay/all_masks" in row]
-        assert len(masks) == 2  # one per epoch
-        assert set(masks[0][0]) == {"ground_truth", "predictions"}
+        key = f"{stage}/batch_00/overlay"
+        rows = [row for row in run.history if f"{key}/path" in row]
+        assert [row["epoch"] for row in rows] == [1, 2]  # one overlay per epoch
+        overlay = cv2.imread(str(files / rows[0][f"{key}/path"]), cv2.IMREAD_UNCHANGED)
+        for mask in ("ground_truth", "predictions"):
+            ids = cv2.imread(str(files / rows[0][f"{key}/masks/{mask}/path"]), cv2.IMREAD_UNCHANGED)
+            assert ids.shape == overlay.shape[:2]  # the mask lies exactly over the RGB
+            assert set(np.unique(ids)) <= set(range(9)) | {255}
         assert any(f"{stage}/batch_00/grid/path" in row for row in run.history)
     meta = run.config["meta"]
     assert meta["dataset"]["name"] == "synthetic"

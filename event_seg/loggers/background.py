@@ -8,6 +8,7 @@ in the order the trainer issued it. The training loop only hands over CPU arrays
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from typing import Callable, Optional
@@ -17,6 +18,16 @@ import numpy as np
 from .base import Logger, LoggerGroup
 
 log = logging.getLogger(__name__)
+
+
+def _lower_thread_priority() -> None:
+    """Runs this thread at the lowest CPU priority (Linux schedules threads individually), so
+    that on a busy machine panel rendering and encoding use the cycles training leaves idle
+    instead of taking them from the training step."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not permitted: only slower, still correct
+        pass
 
 
 class BackgroundLogging(Logger):
@@ -46,6 +57,7 @@ class BackgroundLogging(Logger):
         return len(self.group) > 0
 
     def _work(self) -> None:
+        _lower_thread_priority()
         while True:
             item = self._queue.get()
             try:

@@ -34,9 +34,16 @@ class TensorBoardLogger(Logger):
         self.writer.flush()
 
     def log_images(self, stage, batch_idx, panels, epoch) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        # The PNGs are encoded once in Panels and shared with other loggers; add_image would
+        # re-encode them with PIL at a slower setting.
+        values = []
         for panel, image in panels.images.items():
-            self.writer.add_image(f"{stage}/batch_{batch_idx:02d}/{panel}", image, epoch,
-                                  dataformats="HWC")
+            encoded = Summary.Image(height=image.shape[0], width=image.shape[1], colorspace=3,
+                                    encoded_image_string=panels.png(panel))
+            values.append(Summary.Value(tag=f"{stage}/batch_{batch_idx:02d}/{panel}", image=encoded))
+        self.writer._get_file_writer().add_summary(Summary(value=values), epoch)
         self.writer.flush()
 
     def close(self) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import tempfile
 from typing import Optional, Sequence
 
 from .base import Logger
@@ -86,17 +88,28 @@ class WandbLogger(Logger):
     def log_images(self, stage, batch_idx, panels, epoch) -> None:
         wandb = self._wandb
         class_labels = dict(enumerate(panels.class_names))
-        overlays = [
-            wandb.Image(s.rgb, caption=s.id, masks={
-                "ground_truth": {"mask_data": s.ground_truth, "class_labels": class_labels},
-                "predictions": {"mask_data": s.prediction, "class_labels": class_labels},
-            })
-            for s in panels.samples
-        ]
-        prefix = f"{stage}/batch_{batch_idx:02d}"
-        self.run.log({f"{prefix}/overlay": overlays,
-                      f"{prefix}/grid": wandb.Image(panels.images["grid"]),
-                      "epoch": epoch})
+        # Images and masks go in as PNG files holding the bytes encoded once in Panels: from
+        # arrays wandb would encode them again, slowly. W&B copies the files during run.log.
+        # The overlay is the batch's RGB panel (samples stacked) with both masks on top.
+        with tempfile.TemporaryDirectory(prefix="event_seg_panels_") as tmp:
+            def png_file(name: str, data: bytes) -> str:
+                path = os.path.join(tmp, f"{name}.png")
+                with open(path, "wb") as f:
+                    f.write(data)
+                return path
+
+            overlay = wandb.Image(
+                png_file("rgb", panels.png("rgb")), caption=", ".join(panels.ids),
+                masks={
+                    "ground_truth": {"path": png_file("gt", panels.mask_png("ground_truth")),
+                                     "class_labels": class_labels},
+                    "predictions": {"path": png_file("pred", panels.mask_png("prediction")),
+                                    "class_labels": class_labels},
+                })
+            prefix = f"{stage}/batch_{batch_idx:02d}"
+            self.run.log({f"{prefix}/overlay": overlay,
+                          f"{prefix}/grid": wandb.Image(png_file("grid", panels.png("grid"))),
+                          "epoch": epoch})
 
     def close(self) -> None:
         self.run.finish()
