@@ -82,7 +82,8 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
         skipped[split] = n_skipped
         if n_skipped:
             log.info("%s: skipped %d frames without an events file", split, n_skipped)
-        transform = JointTransform(train=(split == "train"), hflip=dataset_cfg.augment.hflip)
+        transform = JointTransform(train=(split == "train"), hflip=dataset_cfg.augment.hflip,
+                                   seed=seed)
         datasets[split] = EventScapesDataset(
             frames, dataset_cfg.representation, dataset_cfg.num_bins,
             dataset_cfg.normalize_events, dataset_cfg.label_map, dataset_cfg.ignore_index,
@@ -132,3 +133,6 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
+    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
+    if transform is not None:
+        transform.reseed(seed)

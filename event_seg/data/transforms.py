@@ -17,11 +17,18 @@ class JointTransform:
     all three targets with the same random draw.
     """
 
-    def __init__(self, train: bool, hflip: float = 0.5):
+    def __init__(self, train: bool, hflip: float = 0.5, seed: int = 0):
         import albumentations as A
 
         geometric = [A.HorizontalFlip(p=hflip)] if train and hflip > 0 else []
-        self.pipeline = A.Compose(geometric, additional_targets={"events": "image"}) if geometric else None
+        # albumentations draws from its own generator: seed it, or runs are not repeatable.
+        self.pipeline = (A.Compose(geometric, additional_targets={"events": "image"}, seed=seed)
+                         if geometric else None)
+
+    def reseed(self, seed: int) -> None:
+        """Called in each DataLoader worker, so workers do not repeat each other's draws."""
+        if self.pipeline is not None:
+            self.pipeline.set_random_seed(seed)
 
     def __call__(self, rgb, events, mask):
         if self.pipeline is not None:
