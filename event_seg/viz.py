@@ -37,26 +37,25 @@ def event_frame(events: np.ndarray, representation: str) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def side_by_side(images: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
-    h = max(i.shape[0] for i in images)
-    spacer = np.full((h, gap, 3), 255, np.uint8)
+def _join(images: Sequence[np.ndarray], axis: int, gap: int, fill=255) -> np.ndarray:
+    """Concatenates along ``axis`` with ``gap`` pixels of ``fill`` between neighbours."""
+    spacer_shape = list(images[0].shape)
+    spacer_shape[axis] = gap
+    spacer = np.full(spacer_shape, fill, images[0].dtype)
     parts = []
     for i, img in enumerate(images):
         parts.append(img)
         if i < len(images) - 1:
             parts.append(spacer)
-    return np.concatenate(parts, axis=1)
+    return np.concatenate(parts, axis=axis)
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
+    return _join(images, axis=1, gap=gap)
 
 
 def stack_rows(rows: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
-    w = max(r.shape[1] for r in rows)
-    spacer = np.full((gap, w, 3), 255, np.uint8)
-    parts = []
-    for i, row in enumerate(rows):
-        parts.append(row)
-        if i < len(rows) - 1:
-            parts.append(spacer)
-    return np.concatenate(parts, axis=0)
+    return _join(rows, axis=0, gap=gap)
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -128,19 +127,10 @@ def render_panels(rgb: np.ndarray, events: np.ndarray, mask: np.ndarray, pred: n
     images = {name: stack_rows(col) for name, col in columns.items()}
     images["grid"] = stack_rows([side_by_side([columns[c][i] for c in columns])
                                  for i in range(len(rgb))])
-    masks = {"ground_truth": _stack_ids(mask, ignore_index), "prediction": _stack_ids(pred, ignore_index)}
+    masks = {name: _join([np.asarray(m, np.uint8) for m in ids_], axis=0, gap=2, fill=ignore_index)
+             for name, ids_ in (("ground_truth", mask), ("prediction", pred))}
     return Panels(images=images, masks=masks, class_names=list(class_names),
                   ids=[str(i) for i in ids])
-
-
-def _stack_ids(masks: np.ndarray, fill: int, gap: int = 2) -> np.ndarray:
-    """Class-id masks stacked like :func:`stack_rows` stacks pictures."""
-    rows = []
-    for i, m in enumerate(masks):
-        rows.append(np.asarray(m, dtype=np.uint8))
-        if i < len(masks) - 1:
-            rows.append(np.full((gap, m.shape[1]), fill, np.uint8))
-    return np.concatenate(rows, axis=0)
 
 
 def panel_renderer(info):

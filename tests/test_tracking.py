@@ -67,11 +67,6 @@ def wandb_core_processes() -> set:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, cache):
     """One run logging to W&B (offline) and TensorBoard, one image batch per stage."""
     out = tmp_path_factory.mktemp("tracked")
@@ -157,10 +152,32 @@ class _Refuse(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Hang(http.server.BaseHTTPRequestHandler):
+    def _hang(self):
+        time.sleep(30)  # accepts the connection, never answers in time
+
+    do_GET = do_POST = do_PUT = _hang
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture
 def refusing_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve(_Refuse)
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def hanging_server():
+    server = _serve(_Hang)
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
@@ -171,11 +188,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("server", ["refusing", "nothing_listens"])
+@pytest.mark.parametrize("server", ["refusing", "hanging", "nothing_listens"])
 def test_training_carries_on_when_wandb_cannot_start(tmp_path, cache, request, server):
-    url = (request.getfixturevalue("refusing_server") if server == "refusing"
+    url = (request.getfixturevalue(f"{server}_server") if server != "nothing_listens"
            else f"http://127.0.0.1:{_free_port()}")
-    init_timeout = 8
+    init_timeout = 6
     before = wandb_core_processes()
     proc = run_cli("logger=wandb+tb", f"logger.wandb.init_timeout={init_timeout}",
                    "trial_timestamp=w", "trainer.vis.num_batches=1", out=tmp_path, cache=cache,

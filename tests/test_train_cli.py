@@ -30,11 +30,6 @@ def scalars(tb_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("outputs")
     proc = run_cli("trial_timestamp=t1", "model=fpn", "optimizer=sgd", "scheduler=cosine",
