@@ -37,6 +37,16 @@ class SyntheticConfig:
 
 
 @dataclass
+class DsecConfig:
+    classes: int = 11                      # 11 or 19: which semantic/<N>classes folder to read
+    duration_ms: Optional[float] = 50.0    # window before each label: a fixed duration ...
+    num_events: Optional[int] = None       # ... or a fixed number of events (set one of them)
+    rectify: bool = False                  # map raw coordinates through rectify_map.h5
+    # Sequences per split; null reads every sequence in the split folder.
+    sequences: Dict[str, Optional[List[str]]] = field(default_factory=dict)
+
+
+@dataclass
 class AugmentConfig:
     hflip: float = 0.5
 
@@ -49,6 +59,8 @@ class DatasetConfig:
     modality: str = "rgb+events"
     representation: str = "voxel_grid"
     num_bins: int = 5
+    # Channel count of event tensors stored precomputed on disk (representation=precomputed).
+    event_channels: Optional[int] = None
     normalize_events: bool = True
     height: int = MISSING
     width: int = MISSING
@@ -58,8 +70,9 @@ class DatasetConfig:
     class_names: List[str] = MISSING
     palette: List[List[int]] = MISSING
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Only used by the synthetic preset; other presets leave it at its defaults.
+    # Format-specific settings; presets of other formats leave them at their defaults.
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    dsec: DsecConfig = field(default_factory=DsecConfig)
 
 
 @dataclass
@@ -145,8 +158,8 @@ register_schemas()
 # The allowed values of string choices, checked by `validate`.
 CHOICES: Dict[str, tuple] = {
     "dataset.modality": ("rgb", "events", "rgb+events"),
-    "dataset.representation": ("voxel_grid", "histogram"),
-    "dataset.format": ("event_scapes",),
+    "dataset.representation": ("voxel_grid", "histogram", "precomputed"),
+    "dataset.format": ("event_scapes", "ddd17", "dsec_semantic"),
     "model.arch": ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus",
                    "Linknet", "MAnet", "PAN", "UPerNet", "Segformer", "DPT"),
     "optimizer.name": ("adamw", "sgd"),
@@ -195,6 +208,28 @@ def validate(cfg: DictConfig) -> None:
             f"dataset.palette has {len(cfg.dataset.palette)} colours for "
             f"{len(cfg.dataset.class_names)} dataset.class_names"
         )
+    if cfg.dataset.representation == "precomputed" and not cfg.dataset.event_channels:
+        raise ConfigError("dataset.representation=precomputed needs dataset.event_channels "
+                          "(the channel count of the stored event tensors)")
+    if cfg.dataset.format == "ddd17" and cfg.dataset.representation != "precomputed":
+        raise ConfigError("DDD17 ships precomputed 6-channel event tensors, not raw events: use "
+                          "dataset.representation=precomputed")
+    if cfg.dataset.format == "dsec_semantic":
+        if cfg.dataset.modality != "events":
+            raise ConfigError(
+                f"dataset.modality={cfg.dataset.modality}: DSEC-Semantic ships no RGB frames "
+                "aligned to the event camera (its frame camera sits elsewhere and its images are "
+                "not rectified to the labels), so only dataset.modality=events is possible")
+        dsec = cfg.dataset.dsec
+        if (dsec.duration_ms is None) == (dsec.num_events is None):
+            raise ConfigError("set exactly one of dataset.dsec.duration_ms and "
+                              "dataset.dsec.num_events (the other null)")
+        if dsec.classes not in (11, 19):
+            raise ConfigError(f"dataset.dsec.classes={dsec.classes} must be 11 or 19")
+        if len(cfg.dataset.class_names) != dsec.classes:
+            raise ConfigError(f"dataset.dsec.classes={dsec.classes} but dataset.class_names has "
+                              f"{len(cfg.dataset.class_names)} names (use experiment=dsec_semantic_19 "
+                              "for the 19-class labels)")
     for split in ("train", "val"):
         if split not in cfg.dataset.splits:
             raise ConfigError(f"dataset.splits has no '{split}' entry")

@@ -45,9 +45,39 @@ class DataBundle:
     loaders: Dict[str, Any]  # split -> torch DataLoader (train, val and, when present, test)
 
 
-def input_channels(modality: str, representation: str, num_bins: int) -> int:
-    events = representation_channels(representation, num_bins)
+def event_channels(dataset_cfg) -> int:
+    if dataset_cfg.representation == "precomputed":
+        return int(dataset_cfg.event_channels)
+    return representation_channels(dataset_cfg.representation, dataset_cfg.num_bins)
+
+
+def input_channels(modality: str, events: int) -> int:
     return {"rgb": RGB_CHANNELS, "events": events, "rgb+events": RGB_CHANNELS + events}[modality]
+
+
+def split_dataset(dataset_cfg, split: str, split_dir: Path, transform):
+    """The reader for ``dataset.format``: returns (dataset, frames skipped while indexing)."""
+    if dataset_cfg.format == "dsec_semantic":
+        from .dsec import DsecSemanticDataset
+        from .dsec import index_split as index_dsec
+
+        dsec = dataset_cfg.dsec
+        frames, skipped = index_dsec(split_dir, (dsec.sequences or {}).get(split), dsec.classes)
+        return DsecSemanticDataset(
+            frames, dataset_cfg.representation, dataset_cfg.num_bins, dataset_cfg.normalize_events,
+            dataset_cfg.label_map, dataset_cfg.ignore_index, dsec.duration_ms, dsec.num_events,
+            dsec.rectify, transform), skipped
+    if dataset_cfg.format == "ddd17":
+        from .ddd17 import DDD17Dataset
+        from .ddd17 import index_split as index_ddd17
+
+        triples, skipped = index_ddd17(split_dir)
+        return DDD17Dataset(triples, event_channels(dataset_cfg), dataset_cfg.label_map,
+                            dataset_cfg.ignore_index, transform), skipped
+    frames, skipped = index_split(split_dir)
+    return EventScapesDataset(
+        frames, dataset_cfg.representation, dataset_cfg.num_bins, dataset_cfg.normalize_events,
+        dataset_cfg.label_map, dataset_cfg.ignore_index, transform), skipped
 
 
 def resolve_root(dataset_cfg, cache_dir: str, progress: bool = True) -> Path:
@@ -78,16 +108,13 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
         folder = dataset_cfg.splits.get(split)
         if folder is None:
             continue
-        frames, n_skipped = index_split(root / folder)
+        transform = JointTransform(train=(split == "train"), hflip=dataset_cfg.augment.hflip,
+                                   seed=seed, size=(dataset_cfg.height, dataset_cfg.width),
+                                   ignore_index=dataset_cfg.ignore_index)
+        datasets[split], n_skipped = split_dataset(dataset_cfg, split, root / folder, transform)
         skipped[split] = n_skipped
         if n_skipped:
             log.info("%s: skipped %d frames without an events file", split, n_skipped)
-        transform = JointTransform(train=(split == "train"), hflip=dataset_cfg.augment.hflip,
-                                   seed=seed)
-        datasets[split] = EventScapesDataset(
-            frames, dataset_cfg.representation, dataset_cfg.num_bins,
-            dataset_cfg.normalize_events, dataset_cfg.label_map, dataset_cfg.ignore_index,
-            transform)
     info = DatasetInfo(
         name=dataset_cfg.name,
         class_names=list(dataset_cfg.class_names),
@@ -97,9 +124,8 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
         representation=dataset_cfg.representation,
         num_bins=dataset_cfg.num_bins,
         modality=dataset_cfg.modality,
-        event_channels=representation_channels(dataset_cfg.representation, dataset_cfg.num_bins),
-        input_channels=input_channels(dataset_cfg.modality, dataset_cfg.representation,
-                                      dataset_cfg.num_bins),
+        event_channels=event_channels(dataset_cfg),
+        input_channels=input_channels(dataset_cfg.modality, event_channels(dataset_cfg)),
         root=str(root),
         skipped_frames=skipped,
     )

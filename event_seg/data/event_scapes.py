@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import DatasetError  # noqa: F401  (re-exported)
 from .events import events_to_tensor
 from .labels import remap_labels
+from .sample import make_sample
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,4 @@ class EventScapesDataset:
         except ValueError as e:
             raise DatasetError(f"{f.events}: {e}") from None
         events = np.ascontiguousarray(events.transpose(1, 2, 0))  # HWC for the transforms
-        if self.transform is not None:
-            rgb, events, mask = self.transform(rgb, events, mask)
-        return {
-            "rgb": np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32),
-            "events": np.ascontiguousarray(events.transpose(2, 0, 1), dtype=np.float32),
-            "mask": mask.astype(np.int64),
-            "id": f.id,
-        }
+        return make_sample(rgb, events, mask, f.id, self.transform)

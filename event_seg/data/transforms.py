@@ -14,13 +14,26 @@ class JointTransform:
     """Albumentations pipeline over ``(rgb uint8 HWC, events float32 HWC, mask int HW)``.
 
     Events ride along as an extra image target, so any channel count works and flips apply to
-    all three targets with the same random draw.
+    all three targets with the same random draw. With ``size=(height, width)`` every sample is
+    padded up to it (RGB and events with 0, the mask with ``ignore_index``, so padding is never
+    scored) and cropped down to it: at random when training, centred otherwise.
     """
 
-    def __init__(self, train: bool, hflip: float = 0.5, seed: int = 0):
+    def __init__(self, train: bool, hflip: float = 0.5, seed: int = 0, size=None,
+                 ignore_index: int = 255):
         import albumentations as A
+        import cv2
 
-        geometric = [A.HorizontalFlip(p=hflip)] if train and hflip > 0 else []
+        geometric = []
+        if size is not None:
+            height, width = size
+            geometric += [
+                A.PadIfNeeded(height, width, border_mode=cv2.BORDER_CONSTANT, fill=0,
+                              fill_mask=ignore_index),
+                (A.RandomCrop if train else A.CenterCrop)(height, width),
+            ]
+        if train and hflip > 0:
+            geometric.append(A.HorizontalFlip(p=hflip))
         # albumentations draws from its own generator: seed it, or runs are not repeatable.
         self.pipeline = (A.Compose(geometric, additional_targets={"events": "image"}, seed=seed)
                          if geometric else None)

@@ -1,0 +1,196 @@
+"""Reader for DSEC-Semantic (ESS, Sun et al. 2022).
+
+::
+
+    <root>/<split folder>/zurich_city_XX_y/
+        semantic/timestamps.txt                      one int64 (microseconds) per label
+        semantic/{11classes,19classes}/data/NNNNNN.png
+        events/left/events.h5                        events/{x,y,t,p}, t_offset, ms_to_idx
+        events/left/rectify_map.h5                   rectify_map (480, 640, 2)   (optional)
+
+``events.h5`` is Blosc/ZSTD-compressed, so ``hdf5plugin`` is imported before ``h5py`` opens it.
+Files are opened lazily, once per DataLoader worker (h5py handles do not survive a fork).
+Event time ``t`` (microseconds) plus ``t_offset`` is the label clock. The window before each
+label is either a fixed duration or a fixed number of events, found through ``ms_to_idx``
+(the index of the first event at or after each millisecond) and refined with a binary search.
+Events are binned at the 640 x 480 sensor size and the bottom 40 rows are dropped to match the
+640 x 440 labels. With ``rectify``, coordinates go through ``rectify_map`` and are rounded to
+the nearest pixel (ESS interpolates bilinearly instead); events landing off the sensor are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DatasetError
+from .event_scapes import read_label
+from .events import events_to_tensor
+from .labels import remap_labels
+from .sample import make_sample
+
+log = logging.getLogger(__name__)
+
+SENSOR_HEIGHT, SENSOR_WIDTH = 480, 640
+LABEL_HEIGHT = 440
+
+
+@dataclass(frozen=True)
+class DsecFrame:
+    id: str
+    sequence: Path
+    label: Path
+    timestamp_us: int
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DatasetError(f"DSEC {what} not found: {path}")
+    return path
+
+
+def index_split(split_dir: Path, sequences: Optional[Sequence[str]], classes: int):
+    """Labelled frames of the listed sequences (all under ``split_dir`` when None)."""
+    if not split_dir.is_dir():
+        raise DatasetError(f"split folder not found: {split_dir}")
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir()) if sequences is None \
+        else list(sequences)
+    if not names:
+        raise DatasetError(f"no sequences under {split_dir}")
+    frames: List[DsecFrame] = []
+    for name in names:
+        seq = split_dir / name
+        _require(seq, "sequence folder")
+        _require(seq / "events" / "left" / "events.h5", "event file")
+        label_dir = _require(seq / "semantic" / f"{classes}classes" / "data",
+                             f"{classes}-class label folder")
+        stamps_file = _require(seq / "semantic" / "timestamps.txt", "label timestamps")
+        stamps = np.loadtxt(stamps_file, dtype=np.int64, ndmin=1)
+        labels = sorted(label_dir.glob("*.png"))
+        if len(labels) != len(stamps):
+            raise DatasetError(f"{seq.name}: {len(labels)} label images but {len(stamps)} "
+                               f"timestamps in {stamps_file} (incomplete download?)")
+        frames += [DsecFrame(f"{name}/{p.stem}", seq, p, int(t)) for p, t in zip(labels, stamps)]
+    return frames, 0
+
+
+def window_indices(t: np.ndarray, ms_to_idx: np.ndarray, t_end: int, duration_us: Optional[int],
+                   num_events: Optional[int]):
+    """``[start, end)`` of the events before ``t_end`` (local microseconds).
+
+    ``ms_to_idx`` narrows each binary search to one millisecond of events, so no search touches
+    more than a millisecond of the (often billion-event) file.
+    """
+    def index_at(t_us: int) -> int:
+        ms = int(np.clip(t_us // 1000, 0, len(ms_to_idx) - 1))
+        lo = int(ms_to_idx[ms])
+        hi = int(ms_to_idx[ms + 1]) if ms + 1 < len(ms_to_idx) else len(t)
+        return lo + int(np.searchsorted(t[lo:hi], t_us, side="left"))
+
+    end = index_at(t_end) if t_end >= 0 else 0
+    if num_events is not None:
+        return max(0, end - num_events), end
+    return index_at(max(t_end - duration_us, 0)), end
+
+
+class DsecSemanticDataset:
+    def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
+                 label_map, ignore_index: int, duration_ms: Optional[float],
+                 num_events: Optional[int], rectify: bool, transform=None):
+        self.frames = list(frames)
+        self.representation = representation
+        self.num_bins = num_bins
+        self.normalize_events = normalize_events
+        self.label_map = label_map
+        self.ignore_index = ignore_index
+        self.duration_us = None if duration_ms is None else int(round(duration_ms * 1000))
+        self.num_events = num_events
+        self.rectify = rectify
+        self.transform = transform
+        self._files = {}  # per-process cache of open h5 files (opened lazily, in the worker)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getstate__(self):  # never ship open h5 handles to DataLoader workers
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
+    def _open(self, seq: Path):
+        if seq not in self._files:
+            import hdf5plugin  # noqa: F401  (registers Blosc/ZSTD before h5py reads)
+            import h5py
+
+            path = seq / "events" / "left" / "events.h5"
+            try:
+                f = h5py.File(path, "r")
+            except OSError as e:
+                raise DatasetError(f"cannot open {path}: {e}") from None
+            rect = None
+            if self.rectify:
+                rect_path = _require(seq / "events" / "left" / "rectify_map.h5", "rectify map")
+                with h5py.File(rect_path, "r") as r:
+                    rect = r["rectify_map"][()]
+            try:  # small per-sequence tables, read once
+                index = (f["ms_to_idx"][()], int(f["t_offset"][()]))
+            except (KeyError, OSError) as e:
+                raise DatasetError(f"{path} lacks ms_to_idx or t_offset ({e})") from None
+            self._files[seq] = (path, f, rect, index)
+        return self._files[seq]
+
+    def read_events(self, frame: DsecFrame) -> dict:
+        path, f, rect, (ms_to_idx, t_offset) = self._open(frame.sequence)
+        try:
+            t_ds = f["events/t"]
+            # Binary searches read only the slices they touch; the window is then read once.
+            start, end = window_indices(_LazyArray(t_ds), ms_to_idx, frame.timestamp_us - t_offset,
+                                        self.duration_us, self.num_events)
+            events = {k: f[f"events/{k}"][start:end] for k in ("x", "y", "t", "p")}
+        except OSError as e:  # e.g. "required filter 'Blosc' is not registered"
+            raise DatasetError(f"cannot read {path}: {e}") from None
+        except KeyError as e:
+            raise DatasetError(f"{path} lacks {e}; expected events/{{x,y,t,p}}, t_offset, "
+                               f"ms_to_idx") from None
+        if rect is not None and len(events["x"]):
+            xy = rect[events["y"].astype(np.int64), events["x"].astype(np.int64)]
+            x, y = np.rint(xy[:, 0]).astype(np.int64), np.rint(xy[:, 1]).astype(np.int64)
+            keep = (x >= 0) & (x < SENSOR_WIDTH) & (y >= 0) & (y < SENSOR_HEIGHT)
+            events = {"x": x[keep], "y": y[keep], "t": events["t"][keep], "p": events["p"][keep]}
+        return events
+
+    def __getitem__(self, index: int) -> dict:
+        frame = self.frames[index]
+        tags = read_label(frame.label)
+        if tags.shape != (LABEL_HEIGHT, SENSOR_WIDTH):
+            raise DatasetError(f"label {frame.label} is {tags.shape}; DSEC labels are "
+                               f"{LABEL_HEIGHT}x{SENSOR_WIDTH}")
+        mask = remap_labels(tags, self.label_map, self.ignore_index)
+        try:
+            tensor = events_to_tensor(self.read_events(frame), self.representation, self.num_bins,
+                                      SENSOR_HEIGHT, SENSOR_WIDTH, normalize=self.normalize_events)
+        except ValueError as e:
+            raise DatasetError(f"{frame.sequence}: {e}") from None
+        # The labels cover the top 440 rows of the sensor.
+        events = np.ascontiguousarray(tensor[:, :LABEL_HEIGHT].transpose(1, 2, 0))
+        # No RGB aligned to the event camera ships with DSEC-Semantic: a zero image keeps the
+        # sample contract; the modality check refuses rgb and rgb+events before training.
+        rgb = np.zeros((LABEL_HEIGHT, SENSOR_WIDTH, 3), np.uint8)
+        return make_sample(rgb, events, mask, frame.id, self.transform)
+
+
+class _LazyArray:
+    """Slices of an h5 dataset as numpy arrays, with len(); enough for window_indices."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        return self.dataset[item]
