@@ -29,9 +29,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .event_scapes import read_label
-from .events import events_to_tensor
-from .labels import remap_labels
-from .sample import make_sample
+from .sample import RawEventsDataset, make_sample
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +95,16 @@ def window_indices(t: np.ndarray, ms_to_idx: np.ndarray, t_end: int, duration_us
     return index_at(max(t_end - duration_us, 0)), end
 
 
-class DsecSemanticDataset:
+class DsecSemanticDataset(RawEventsDataset):
     def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
                  label_map, ignore_index: int, duration_ms: Optional[float],
                  num_events: Optional[int], rectify: bool, transform=None):
-        self.frames = list(frames)
-        self.representation = representation
-        self.num_bins = num_bins
-        self.normalize_events = normalize_events
-        self.label_map = label_map
-        self.ignore_index = ignore_index
+        super().__init__(frames, representation, num_bins, normalize_events, label_map,
+                         ignore_index, transform)
         self.duration_us = None if duration_ms is None else int(round(duration_ms * 1000))
         self.num_events = num_events
         self.rectify = rectify
-        self.transform = transform
         self._files = {}  # per-process cache of open h5 files (opened lazily, in the worker)
-
-    def __len__(self) -> int:
-        return len(self.frames)
 
     def __getstate__(self):  # never ship open h5 handles to DataLoader workers
         state = dict(self.__dict__)
@@ -169,10 +159,9 @@ class DsecSemanticDataset:
         if tags.shape != (LABEL_HEIGHT, SENSOR_WIDTH):
             raise DatasetError(f"label {frame.label} is {tags.shape}; DSEC labels are "
                                f"{LABEL_HEIGHT}x{SENSOR_WIDTH}")
-        mask = remap_labels(tags, self.label_map, self.ignore_index)
+        mask = self.class_mask(tags)
         try:
-            tensor = events_to_tensor(self.read_events(frame), self.representation, self.num_bins,
-                                      SENSOR_HEIGHT, SENSOR_WIDTH, normalize=self.normalize_events)
+            tensor = self.event_tensor(self.read_events(frame), SENSOR_HEIGHT, SENSOR_WIDTH)
         except ValueError as e:
             raise DatasetError(f"{frame.sequence}: {e}") from None
         # The labels cover the top 440 rows of the sensor.

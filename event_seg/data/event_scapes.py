@@ -19,14 +19,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import DatasetError  # noqa: F401  (re-exported)
-from .events import events_to_tensor
-from .labels import remap_labels
-from .sample import make_sample
+from .sample import RawEventsDataset, make_sample
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ def read_events(path: Path) -> dict:
         raise DatasetError(f"cannot read events file {path}: {e} (corrupt or truncated?)") from None
 
 
-class EventScapesDataset:
+class EventScapesDataset(RawEventsDataset):
     """A map-style dataset returning the shared sample dict (see DESIGN.md).
 
     Args:
@@ -110,20 +107,6 @@ class EventScapesDataset:
         transform: a joint transform (see transforms.py) or None.
     """
 
-    def __init__(self, frames: Sequence[FrameFiles], representation: str, num_bins: int,
-                 normalize_events: bool, label_map: Optional[Sequence[int]], ignore_index: int,
-                 transform=None):
-        self.frames = list(frames)
-        self.representation = representation
-        self.num_bins = num_bins
-        self.normalize_events = normalize_events
-        self.label_map = label_map
-        self.ignore_index = ignore_index
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
     def __getitem__(self, index: int) -> dict:
         f = self.frames[index]
         rgb = read_rgb(f.rgb)
@@ -131,10 +114,9 @@ class EventScapesDataset:
         tags = read_label(f.label)
         if tags.shape != (height, width):
             raise DatasetError(f"label {f.label} is {tags.shape}, its RGB frame {height}x{width}")
-        mask = remap_labels(tags, self.label_map, self.ignore_index)
+        mask = self.class_mask(tags)
         try:
-            events = events_to_tensor(read_events(f.events), self.representation, self.num_bins,
-                                      height, width, normalize=self.normalize_events)
+            events = self.event_tensor(read_events(f.events), height, width)
         except ValueError as e:
             raise DatasetError(f"{f.events}: {e}") from None
         events = np.ascontiguousarray(events.transpose(1, 2, 0))  # HWC for the transforms

@@ -17,3 +17,32 @@ def make_sample(rgb: np.ndarray, events_hwc: np.ndarray, mask: np.ndarray, sampl
         "mask": np.asarray(mask).astype(np.int64),
         "id": sample_id,
     }
+
+
+class RawEventsDataset:
+    """What every reader that bins raw events shares: the frame list, the representation to
+    build, the label mapping and the joint transform. Subclasses implement ``__getitem__``."""
+
+    def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
+                 label_map, ignore_index: int, transform=None):
+        self.frames = list(frames)
+        self.representation = representation
+        self.num_bins = num_bins
+        self.normalize_events = normalize_events
+        self.label_map = label_map
+        self.ignore_index = ignore_index
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def event_tensor(self, events: dict, height: int, width: int) -> np.ndarray:
+        from .events import events_to_tensor
+
+        return events_to_tensor(events, self.representation, self.num_bins, height, width,
+                                normalize=self.normalize_events)
+
+    def class_mask(self, tags: np.ndarray) -> np.ndarray:
+        from .labels import remap_labels
+
+        return remap_labels(tags, self.label_map, self.ignore_index)
