@@ -49,6 +49,11 @@ class DsecConfig:
 @dataclass
 class AugmentConfig:
     hflip: float = 0.5
+    affine_p: float = 0.0
+    scale: List[float] = field(default_factory=lambda: [0.9, 1.1])
+    rotate_deg: float = 5.0
+    translate: float = 0.05
+    photometric_p: float = 0.0
 
 
 @dataclass
@@ -59,6 +64,11 @@ class DatasetConfig:
     modality: str = "rgb+events"
     representation: str = "voxel_grid"
     num_bins: int = 5
+    # Read event tensors precomputed by `event-seg-prepare` when they exist (never stale: keyed
+    # by the representation settings and each source file's size and modification time).
+    representation_cache: bool = True
+    # Replace unreadable samples by the next readable one (with a warning) instead of stopping.
+    skip_corrupt: bool = False
     # Channel count of event tensors stored precomputed on disk (representation=precomputed).
     event_channels: Optional[int] = None
     normalize_events: bool = True

@@ -38,3 +38,39 @@ def test_evaluation_transform_is_deterministic():
     b = JointTransform(train=False, size=(64, 96))(*_marked())
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert _marker(*a)[0] == (7 + 12, 11 + 13)  # centred padding: (64-40)/2, (96-70)/2
+
+
+def _centroid(weights):
+    ys, xs = np.nonzero(weights > 0.5 * weights.max())
+    return ys.mean(), xs.mean()
+
+
+def test_affine_warps_keep_a_block_marker_aligned_across_targets():
+    for seed in range(10):
+        t = JointTransform(train=True, hflip=0.5, seed=seed, size=(40, 70), affine_p=1.0,
+                           scale=(0.8, 1.25), rotate_deg=5, translate=0.05)
+        rgb = np.zeros((40, 70, 3), np.uint8)
+        events = np.zeros((40, 70, 5), np.float32)
+        mask = np.zeros((40, 70), np.int64)
+        rgb[15:22, 30:37] = 255
+        events[15:22, 30:37] = 1.0
+        mask[15:22, 30:37] = 3
+        out_rgb, out_events, out_mask = t(rgb, events, mask)
+        c_rgb = _centroid(out_rgb[..., 0] - out_rgb[..., 0].min())
+        c_ev = _centroid(out_events[..., 0])
+        c_mask = _centroid((out_mask == 3).astype(float))
+        assert np.allclose(c_rgb, c_ev, atol=0.6) and np.allclose(c_ev, c_mask, atol=0.6), seed
+
+
+def test_photometric_jitter_touches_rgb_only():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    events = rng.normal(size=(40, 70, 5)).astype(np.float32)
+    mask = np.zeros((40, 70), np.int64)
+    plain = JointTransform(train=True, hflip=0.0)(rgb, events, mask)
+    changed = 0
+    for seed in range(5):
+        out = JointTransform(train=True, hflip=0.0, seed=seed, photometric_p=1.0)(rgb, events, mask)
+        assert np.array_equal(out[1], events) and np.array_equal(out[2], mask)
+        changed += not np.allclose(out[0], plain[0])
+    assert changed >= 4

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .event_scapes import DatasetError, EventScapesDataset, index_split
 from .events import representation_channels
+from .sample import SkipCorrupt
 from .transforms import JointTransform
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class DatasetInfo:
     input_channels: int
     root: str
     skipped_frames: Dict[str, int] = field(default_factory=dict)
+    time_unit: Optional[str] = None  # unit of the raw event timestamps, where detected
 
     @property
     def num_classes(self) -> int:
@@ -97,8 +99,29 @@ def resolve_root(dataset_cfg, cache_dir: str, progress: bool = True) -> Path:
     return root
 
 
+RAW_EVENT_FORMATS = ("event_scapes", "dsec_semantic")
+
+
+def representation_cache(dataset_cfg, root: Path, cache_dir: str, writable: bool = False):
+    """The cache for this dataset's event tensors, or None where there is nothing to cache."""
+    if dataset_cfg.format not in RAW_EVENT_FORMATS:
+        return None
+    from .cache import RepresentationCache
+
+    params = {"format": dataset_cfg.format, "root": str(root.resolve()),
+              "representation": dataset_cfg.representation, "num_bins": dataset_cfg.num_bins,
+              "normalize": dataset_cfg.normalize_events}
+    if dataset_cfg.format == "dsec_semantic":
+        dsec = dataset_cfg.dsec
+        params.update(duration_ms=dsec.duration_ms, num_events=dsec.num_events,
+                      rectify=dsec.rectify)
+    return RepresentationCache(cache_dir, params, writable=writable)
+
+
 def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
-               splits=("train", "val", "test")) -> DataBundle:
+               splits=("train", "val", "test"), prepare: bool = False) -> DataBundle:
+    """Loaders for the configured splits. ``prepare`` fills the representation cache as samples
+    are read (event-seg-prepare); otherwise existing entries are only read."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -108,13 +131,27 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
         folder = dataset_cfg.splits.get(split)
         if folder is None:
             continue
-        transform = JointTransform(train=(split == "train"), hflip=dataset_cfg.augment.hflip,
-                                   seed=seed, size=(dataset_cfg.height, dataset_cfg.width),
-                                   ignore_index=dataset_cfg.ignore_index)
+        aug = dataset_cfg.augment
+        transform = JointTransform(
+            train=(split == "train"), hflip=aug.hflip, seed=seed,
+            size=(dataset_cfg.height, dataset_cfg.width), ignore_index=dataset_cfg.ignore_index,
+            affine_p=aug.affine_p, scale=list(aug.scale), rotate_deg=aug.rotate_deg,
+            translate=aug.translate, photometric_p=aug.photometric_p)
         datasets[split], n_skipped = split_dataset(dataset_cfg, split, root / folder, transform)
+        if prepare or dataset_cfg.representation_cache:
+            datasets[split].cache = representation_cache(dataset_cfg, root, cache_dir,
+                                                         writable=prepare)
+        if dataset_cfg.skip_corrupt:
+            datasets[split] = SkipCorrupt(datasets[split])
         skipped[split] = n_skipped
         if n_skipped:
             log.info("%s: skipped %d frames without an events file", split, n_skipped)
+    time_unit = None
+    if dataset_cfg.format == "event_scapes" and "train" in datasets:
+        from .event_scapes import sniff_time_unit
+
+        time_unit = sniff_time_unit(datasets["train"].frames)
+        log.info("Event timestamps are in %s (detected from the first window)", time_unit)
     info = DatasetInfo(
         name=dataset_cfg.name,
         class_names=list(dataset_cfg.class_names),
@@ -128,6 +165,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
         input_channels=input_channels(dataset_cfg.modality, event_channels(dataset_cfg)),
         root=str(root),
         skipped_frames=skipped,
+        time_unit=time_unit,
     )
     workers = trainer_cfg.num_workers
     loaders = {}

@@ -28,6 +28,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import DatasetError
+from .cache import file_identity
 from .event_scapes import read_label
 from .sample import RawEventsDataset, make_sample
 
@@ -161,7 +162,11 @@ class DsecSemanticDataset(RawEventsDataset):
                                f"{LABEL_HEIGHT}x{SENSOR_WIDTH}")
         mask = self.class_mask(tags)
         try:
-            tensor = self.event_tensor(self.read_events(frame), SENSOR_HEIGHT, SENSOR_WIDTH)
+            source = (f"{file_identity(frame.sequence / 'events' / 'left' / 'events.h5')}"
+                      f"|{frame.timestamp_us}")
+            tensor = self.cached_event_tensor(
+                source, lambda: self.event_tensor(self.read_events(frame), SENSOR_HEIGHT,
+                                                  SENSOR_WIDTH))
         except ValueError as e:
             raise DatasetError(f"{frame.sequence}: {e}") from None
         # The labels cover the top 440 rows of the sensor.

@@ -16,13 +16,16 @@ normalises time over each window.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 
 from ..errors import DatasetError  # noqa: F401  (re-exported)
+from .cache import file_identity
 from .sample import RawEventsDataset, make_sample
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,39 @@ def index_split(split_dir: Path) -> tuple[list[FrameFiles], int]:
     if not frames:
         raise DatasetError(f"no frames with events and labels under {split_dir}")
     return frames, skipped
+
+
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def detect_time_unit(tick_span: float, window_seconds: float) -> Optional[str]:
+    """The unit whose reading of ``tick_span`` raw ticks comes closest (in ratio) to the window's
+    duration in seconds. The release does not document the unit of ``t`` (CARLA's DVS works in
+    nanoseconds), so it is detected rather than assumed."""
+    if tick_span <= 0 or window_seconds <= 0:
+        return None
+    return min(TIME_UNITS, key=lambda u: abs(math.log(tick_span * TIME_UNITS[u] / window_seconds)))
+
+
+def sniff_time_unit(frames: List[FrameFiles]) -> Optional[str]:
+    """Detects the unit of ``t`` on the first frame: its events' span against the spacing of
+    ``events/data/timestamps.txt`` (seconds). Informational: the voxel grid and the histogram do
+    not depend on the unit."""
+    for f in frames[:5]:
+        stamps_file = f.events.parent / "timestamps.txt"
+        if not stamps_file.is_file():
+            continue
+        stamps = np.loadtxt(stamps_file, ndmin=2)
+        if stamps.shape[0] < 2:
+            continue
+        try:
+            t = read_events(f.events)["t"]
+        except DatasetError:  # reported (or skipped) when the sample itself is read
+            continue
+        if t.size > 1:
+            return detect_time_unit(float(t.max()) - float(t.min()),
+                                    float(np.median(np.diff(stamps[:, -1]))))
+    return None
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -116,7 +152,9 @@ class EventScapesDataset(RawEventsDataset):
             raise DatasetError(f"label {f.label} is {tags.shape}, its RGB frame {height}x{width}")
         mask = self.class_mask(tags)
         try:
-            events = self.event_tensor(read_events(f.events), height, width)
+            events = self.cached_event_tensor(
+                file_identity(f.events),
+                lambda: self.event_tensor(read_events(f.events), height, width))
         except ValueError as e:
             raise DatasetError(f"{f.events}: {e}") from None
         events = np.ascontiguousarray(events.transpose(1, 2, 0))  # HWC for the transforms

@@ -32,9 +32,22 @@ class RawEventsDataset:
         self.label_map = label_map
         self.ignore_index = ignore_index
         self.transform = transform
+        self.cache = None  # a RepresentationCache, set by build_data / event-seg-prepare
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def cached_event_tensor(self, source: str, compute) -> np.ndarray:
+        """The tensor from the representation cache when it holds one for ``source``;
+        otherwise ``compute()`` (and store it when the cache is being prepared)."""
+        if self.cache is not None:
+            tensor = self.cache.load(source)
+            if tensor is not None:
+                return tensor
+        tensor = compute()
+        if self.cache is not None and self.cache.writable:
+            self.cache.store(source, tensor)
+        return tensor
 
     def event_tensor(self, events: dict, height: int, width: int) -> np.ndarray:
         from .events import events_to_tensor
@@ -46,3 +59,42 @@ class RawEventsDataset:
         from .labels import remap_labels
 
         return remap_labels(tags, self.label_map, self.ignore_index)
+
+
+class SkipCorrupt:
+    """``dataset.skip_corrupt=true``: a sample whose files cannot be read is replaced by the next
+    readable one, with a warning naming the file and how many were skipped so far (per loader
+    process). Off by default: a corrupt file should stop a run, not quietly shrink the data."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.bad: set = set()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def transform(self):  # DataLoader workers reseed it (see build._seed_worker)
+        return getattr(self.dataset, "transform", None)
+
+    @property
+    def frames(self):
+        return getattr(self.dataset, "frames", None)
+
+    def __getitem__(self, index: int) -> dict:
+        import logging
+
+        from ..errors import DatasetError
+
+        n = len(self.dataset)
+        for offset in range(n):
+            j = (index + offset) % n
+            if j in self.bad:
+                continue
+            try:
+                return self.dataset[j]
+            except DatasetError as e:
+                self.bad.add(j)
+                logging.getLogger(__name__).warning(
+                    "Skipping a corrupt sample (%d skipped so far): %s", len(self.bad), e)
+        raise DatasetError("dataset.skip_corrupt: every sample of this split is unreadable")

@@ -20,11 +20,19 @@ class JointTransform:
     """
 
     def __init__(self, train: bool, hflip: float = 0.5, seed: int = 0, size=None,
-                 ignore_index: int = 255):
+                 ignore_index: int = 255, affine_p: float = 0.0, scale=(0.9, 1.1),
+                 rotate_deg: float = 5.0, translate: float = 0.05, photometric_p: float = 0.0):
         import albumentations as A
         import cv2
 
         geometric = []
+        if train and affine_p > 0:
+            # Events are interpolated like an image; the mask by nearest neighbour; uncovered
+            # borders become 0 (RGB, events) and ignore (mask).
+            geometric.append(A.Affine(scale=tuple(scale), rotate=(-rotate_deg, rotate_deg),
+                                      translate_percent=(-translate, translate), p=affine_p,
+                                      border_mode=cv2.BORDER_CONSTANT, fill=0,
+                                      fill_mask=ignore_index))
         if size is not None:
             height, width = size
             geometric += [
@@ -37,16 +45,24 @@ class JointTransform:
         # albumentations draws from its own generator: seed it, or runs are not repeatable.
         self.pipeline = (A.Compose(geometric, additional_targets={"events": "image"}, seed=seed)
                          if geometric else None)
+        # Photometric jitter is a separate pipeline on RGB alone: events are not light.
+        self.photometric = (A.Compose([A.RandomBrightnessContrast(p=1.0),
+                                       A.RandomGamma(p=0.5)], p=photometric_p, seed=seed + 1)
+                            if train and photometric_p > 0 else None)
 
     def reseed(self, seed: int) -> None:
         """Called in each DataLoader worker, so workers do not repeat each other's draws."""
         if self.pipeline is not None:
             self.pipeline.set_random_seed(seed)
+        if self.photometric is not None:
+            self.photometric.set_random_seed(seed + 1)
 
     def __call__(self, rgb, events, mask):
         if self.pipeline is not None:
             out = self.pipeline(image=rgb, events=events, mask=mask)
             rgb, events, mask = out["image"], out["events"], out["mask"]
+        if self.photometric is not None:
+            rgb = self.photometric(image=rgb)["image"]
         rgb = (rgb.astype(np.float32) - RGB_MEAN) / RGB_STD
         return rgb, events, mask
 
