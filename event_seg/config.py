@@ -134,6 +134,7 @@ class TrainerConfig:
     limit_batches: Optional[int] = None
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    nonfinite: str = "stop"  # a NaN/inf loss: stop (naming epoch and batch) or skip the batch
     vis: VisConfig = field(default_factory=VisConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -175,6 +176,7 @@ CHOICES: Dict[str, tuple] = {
     "optimizer.name": ("adamw", "sgd"),
     "scheduler.name": ("poly", "cosine", "none"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "trainer.nonfinite": ("stop", "skip"),
 }
 
 

@@ -14,5 +14,9 @@ class DatasetError(EventSegError, RuntimeError):
     """A dataset that is missing, incomplete or corrupt; the message names the culprit."""
 
 
+class NonFiniteLossError(EventSegError, FloatingPointError):
+    """The loss (or the weights) stopped being finite; the message names epoch and batch."""
+
+
 class CheckpointError(EventSegError, RuntimeError):
     """A checkpoint that is missing, corrupt or unsafe to load; the message names the file."""

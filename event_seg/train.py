@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config as _config  # registers the schemas before Hydra composes
 from .errors import EventSegError
+from .secrets import redact
 
 log = logging.getLogger("event_seg")
 
@@ -25,7 +26,7 @@ def run(cfg: DictConfig) -> float:
 
     from .data import build_data
     from .engine.trainer import Trainer
-    from .engine.trial import Trial
+    from .engine.trial import Trial, check_output_folder
     from .loggers import build_loggers
     from .loggers.background import BackgroundLogging
     from .models import build_model, count_parameters
@@ -33,7 +34,8 @@ def run(cfg: DictConfig) -> float:
 
     seed_everything(cfg.seed)
     trial = Trial.from_config(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # Everything that leaves the process is built from the resolved, secret-free copy.
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     (trial.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
     data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed)
@@ -41,11 +43,14 @@ def run(cfg: DictConfig) -> float:
              data.info.split_sizes, data.info.representation, data.info.event_channels,
              data.info.input_channels)
     model = build_model(cfg.model, data.info)
+    # A checkpoint holds the weights and up to two optimizer moments per weight (float32).
+    check_output_folder(trial.run_dir, needed_bytes=3 * 4 * count_parameters(model))
 
     trainer = Trainer(cfg, model, data, loggers=None, trial=trial, full_config=resolved)
     trainer.resume_if_possible()
     # Loggers start after the resume point is known, so they can drop the epochs to be redone.
-    loggers = BackgroundLogging(build_loggers(cfg.logger, trial, start_epoch=trainer.start_epoch),
+    loggers = BackgroundLogging(build_loggers(resolved["logger"], trial,
+                                              start_epoch=trainer.start_epoch),
                                 render=panel_renderer(data.info))
     trainer.loggers = loggers
     meta = {

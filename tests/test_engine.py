@@ -132,3 +132,33 @@ def test_event_frame_colours_polarities_apart():
     assert img[0, 0, 0] > img[0, 0, 2]  # red
     assert img[1, 1, 2] > img[1, 1, 0]  # blue
     assert tuple(img[0, 1]) == (255, 255, 255)  # no events: background
+
+
+class _Payload:
+    """Stands for a pickled object that would run code when unpickled."""
+
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+def test_checkpoint_carrying_pickled_code_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load .*evil\.pt.*pickled Python objects"):
+        load_checkpoint(path)
+
+
+def test_output_folder_problems_are_reported_before_training(tmp_path):
+    from types import SimpleNamespace
+
+    from event_seg.engine.trial import check_output_folder
+    from event_seg.errors import ConfigError
+
+    check_output_folder(tmp_path / "run", needed_bytes=10 * 2 ** 20)  # fine: nothing raised
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot write to the run folder .*file/run"):
+        check_output_folder(blocker / "run", needed_bytes=1)
+    full = lambda path: SimpleNamespace(free=30 * 2 ** 20)  # noqa: E731
+    with pytest.raises(ConfigError, match=r"has 30 MiB free; this run needs about 264 MiB"):
+        check_output_folder(tmp_path / "run", needed_bytes=100 * 2 ** 20, disk_usage=full)

@@ -241,3 +241,21 @@ def test_logger_list_selection_is_the_same_as_the_composite(tmp_path, cache):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert offline_runs(tmp_path / "unet_l")
     assert (tmp_path / "unet_l" / "tensorboard").is_dir()
+
+
+def test_secrets_never_reach_any_file_of_the_run(tmp_path, cache):
+    api_key = "k3y" + "0123456789" * 3 + "abcdefg"  # 40 characters, like a real key
+    token = "tok-" + "s3cr3t-value-from-env"
+    proc = run_cli("logger=wandb+tb", "trial_timestamp=sec", "trainer.epochs=1",
+                   "trainer.vis.num_batches=1", "logger.wandb.notes=${oc.env:MY_SERVICE_TOKEN}",
+                   out=tmp_path, cache=cache,
+                   env={"WANDB_MODE": "offline", "WANDB_API_KEY": api_key,
+                        "MY_SERVICE_TOKEN": token})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = [p for p in (tmp_path / "unet_sec").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and len(files) > 8
+    for path in files:
+        data = path.read_bytes()
+        assert api_key.encode() not in data, path
+        assert token.encode() not in data, path
+    assert "notes: '***'" in (tmp_path / "unet_sec" / "config.yaml").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -62,6 +63,15 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"refused to load {path}: it holds pickled Python objects beyond tensors and "
+                f"plain data, which can run code when loaded; event_seg checkpoints never "
+                f"contain any, so this file was not written by event_seg or was tampered with"
+            ) from None
+        raise CheckpointError(f"cannot load checkpoint {path}: corrupt or truncated "
+                              f"({str(e).splitlines()[0]})") from None
     except Exception as e:
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..errors import CheckpointError, NonFiniteLossError
 from ..models import model_input
 from .checkpoint import link_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .metrics import SegmentationMetrics
@@ -67,6 +68,7 @@ class Trainer:
         self.best_metric = -math.inf
         self.best_epoch = 0
         self.epoch_times: list = []  # seconds per epoch run in this process (benchmarks read them)
+        self.skipped_batches = 0  # batches with a non-finite loss (trainer.nonfinite=skip)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
@@ -80,6 +82,8 @@ class Trainer:
             train_loss = self.train_one_epoch(epoch)
             val = self.evaluate(self.data.loaders["val"], "val", epoch)
             metrics = {"train_loss": train_loss, **val, "learning_rate": lr}
+            if self.skipped_batches:
+                metrics["skipped_nonfinite_batches"] = self.skipped_batches
             if self._inference_due(epoch):
                 metrics.update(self.evaluate(self.data.loaders["test"], "inference", epoch))
             metrics["epoch_time_s"] = time.perf_counter() - started
@@ -112,6 +116,10 @@ class Trainer:
             with self._autocast():
                 logits = self.model(inputs)
                 loss = self.criterion(logits, target)
+            # One host sync per step: the price of naming the exact batch that went bad.
+            if not bool(torch.isfinite(loss.detach())):
+                self._nonfinite(epoch, batch_idx, float(loss.detach()))
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if t.grad_clip_norm:
@@ -153,6 +161,17 @@ class Trainer:
         return {f"{prefix}_loss": loss_sum.item() / max(count, 1), **metrics.compute(prefix)}
 
     # -- helpers ------------------------------------------------------------------------------
+    def _nonfinite(self, epoch: int, batch_idx: int, value: float) -> None:
+        if self.cfg.trainer.nonfinite == "skip":
+            self.skipped_batches += 1
+            log.warning("Skipped batch %d of epoch %d: loss is %s (%d skipped so far)",
+                        batch_idx, epoch, value, self.skipped_batches)
+            return
+        raise NonFiniteLossError(
+            f"loss became {value} at epoch {epoch}, batch {batch_idx}; stopped without saving, "
+            f"so {self.trial.last_checkpoint} keeps the last good epoch. Lower optimizer.lr, or "
+            f"set trainer.nonfinite=skip to skip such batches")
+
     def _visualize(self, stage: str, batch_idx: int, epoch: int, batch: dict, logits) -> None:
         """Hands the first samples of an early batch to the logging thread for panels.
 
@@ -203,6 +222,10 @@ class Trainer:
         }
 
     def _save(self, epoch: int, improved: bool) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise NonFiniteLossError(
+                f"the weights are no longer finite after epoch {epoch}; not saving them over "
+                f"{self.trial.last_checkpoint}. Lower optimizer.lr")
         state = self._state(epoch)
         save_checkpoint(state, self.trial.last_checkpoint)
         if improved:
@@ -214,10 +237,21 @@ class Trainer:
         if path is None:
             return
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        saved = state.get("config", {})
+        for section, key in (("model", "arch"), ("model", "encoder_name"), ("optimizer", "name")):
+            before, now = saved.get(section, {}).get(key), self.cfg[section][key]
+            if before is not None and before != now:
+                raise ConfigError(
+                    f"{path} was trained with {section}.{key}={before}, this run asks for {now}: "
+                    f"resume with the same setting, or start a new trial (another trial_timestamp)")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path} does not fit this run's model or optimizer "
+                                  f"({str(e).splitlines()[0]}); start a new trial") from None
         self.start_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best_metric = float(state["best_metric"])

@@ -50,3 +50,30 @@ class Trial:
         run_dir.mkdir(parents=True, exist_ok=True)
         return cls(name=cfg.run_name, timestamp=str(cfg.trial_timestamp), run_dir=run_dir,
                    job_num=job_num)
+
+
+def check_output_folder(run_dir: Path, needed_bytes: int, disk_usage=None) -> None:
+    """Fails before training, not after an epoch, when the run folder cannot take checkpoints:
+    not writable, or less free space than two checkpoints (the temp file and the one it
+    replaces) plus some room for logs."""
+    import os
+    import shutil
+
+    from ..errors import ConfigError
+
+    probe = Path(run_dir) / ".write-test"
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to the run folder {run_dir} ({e.strerror or e}); "
+                          f"choose another with paths.output_root=...") from None
+    free = (disk_usage or shutil.disk_usage)(run_dir).free
+    required = 2 * needed_bytes + 64 * 2 ** 20
+    if free < required:
+        raise ConfigError(f"the run folder {run_dir} has {free / 2 ** 20:.0f} MiB free; this run "
+                          f"needs about {required / 2 ** 20:.0f} MiB for its checkpoints and logs")

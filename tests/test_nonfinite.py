@@ -1,0 +1,91 @@
+"""A loss that stops being finite: a clear stop that keeps the good checkpoint, or skipped batches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*overrides, out, cache):
+    return subprocess.run(
+        [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+         "trial_timestamp=nan", f"paths.output_root={out}", *overrides],
+        cwd=REPO, env={**os.environ, "EVENT_SEG_CACHE": str(cache)}, capture_output=True,
+        text=True, timeout=600)
+
+
+def test_nan_loss_stops_naming_epoch_and_batch(tmp_path, cache):
+    proc = run_cli("optimizer.lr=1e30", "trainer.grad_clip_norm=null", out=tmp_path, cache=cache)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "at epoch 1, batch 1" in output or "after epoch 1" in output, output
+    assert "Traceback" not in output
+    assert not (tmp_path / "unet_nan" / "checkpoints" / "last.pt").exists()
+
+
+def test_resuming_with_another_optimizer_is_refused_clearly(tmp_path, cache):
+    assert run_cli("trainer.epochs=1", out=tmp_path, cache=cache).returncode == 0
+    proc = run_cli("trainer.epochs=2", "optimizer=sgd", out=tmp_path, cache=cache)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    assert "was trained with optimizer.name=adamw, this run asks for sgd" in output
+
+
+def make_trainer(tmp_path, cache, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    import event_seg.config  # noqa: F401  (schemas)
+    from event_seg.data import build_data
+    from event_seg.engine.trainer import Trainer
+    from event_seg.engine.trial import Trial
+    from event_seg.loggers.base import LoggerGroup
+    from event_seg.models import build_model
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["debug=smoke", f"paths.cache_dir={cache}",
+                                          "trial_timestamp=inproc", f"paths.output_root={tmp_path}",
+                                          *overrides])
+    data = build_data(cfg.dataset, cfg.trainer, str(cache))
+    trainer = Trainer(cfg, build_model(cfg.model, data.info), data, LoggerGroup([]),
+                      Trial.from_config(cfg))
+    trainer.resume_if_possible()
+    return trainer
+
+
+def nan_on_calls(trainer, bad_calls):
+    real, calls = trainer.criterion, []
+
+    def criterion(logits, target):
+        calls.append(1)
+        loss = real(logits, target)
+        return loss * float("nan") if len(calls) in bad_calls else loss
+
+    trainer.criterion = criterion
+
+
+def test_nan_in_a_later_epoch_never_overwrites_the_good_checkpoint(tmp_path, cache):
+    from event_seg.errors import NonFiniteLossError
+
+    make_trainer(tmp_path, cache, "trainer.epochs=1").fit()
+    trainer = make_trainer(tmp_path, cache, "trainer.epochs=2")
+    good = trainer.trial.last_checkpoint.read_bytes()
+    nan_on_calls(trainer, {2})  # the second training batch of epoch 2
+    with pytest.raises(NonFiniteLossError, match="at epoch 2, batch 1"):
+        trainer.fit()
+    assert trainer.trial.last_checkpoint.read_bytes() == good
+
+
+def test_skip_mode_skips_and_counts_nonfinite_batches(tmp_path, cache):
+    trainer = make_trainer(tmp_path, cache, "trainer.nonfinite=skip", "trainer.epochs=1")
+    nan_on_calls(trainer, {1})
+    trainer.fit()
+    assert trainer.skipped_batches == 1
+    state = torch.load(trainer.trial.last_checkpoint, weights_only=True)
+    assert state["epoch"] == 1
