@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as _config  # registers the schemas before Hydra composes
+from .engine.preemption import Preempted
 from .errors import EventSegError
 from .secrets import redact
 
@@ -60,11 +61,43 @@ def run(cfg: DictConfig) -> float:
         "dataset": data.info.as_dict(),
         "model_parameters": count_parameters(model),
     }
+    exit_code = 1  # anything escaping below is a failure unless fit() returns
     try:
         loggers.log_config(resolved, meta)
-        return trainer.fit()
+        best = trainer.fit()
+        exit_code = 0
+        return best
+    except Preempted as stop:
+        exit_code = stop.exit_code
+        kept = (f"{trial.last_checkpoint} holds epoch {_saved_epoch(trial)}"
+                if trial.resume_path else "no epoch had finished yet")
+        log.warning("%s; %s (the interrupted epoch is redone). Resume with:\n  %s", stop, kept,
+                    resume_command(trial))
+        raise
     finally:
-        loggers.close()
+        loggers.close(exit_code)
+
+
+def _saved_epoch(trial) -> int:
+    from .engine.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(trial.last_checkpoint)["epoch"])
+
+
+def resume_command(trial) -> str:
+    """The command line that continues this run: its overrides, pinned to its timestamp."""
+    import shlex
+
+    overrides = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.lstrip("+~").startswith("trial_timestamp=")]
+    except ValueError:
+        pass
+    args = [*overrides, f"trial_timestamp={trial.timestamp}"]
+    return " ".join(["python -m event_seg.train", *map(shlex.quote, args)])
 
 
 def seed_everything(seed: int) -> None:
@@ -102,6 +135,8 @@ def main() -> None:
 def hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
+    except Preempted as stop:
+        sys.exit(stop.exit_code)
     except EventSegError as e:
         # One readable line instead of a traceback: these are errors the user can fix.
         if _in_multirun():

@@ -23,6 +23,7 @@ from ..errors import CheckpointError, NonFiniteLossError
 from ..models import model_input
 from .checkpoint import link_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .metrics import SegmentationMetrics
+from .preemption import StopRequest
 from .schedule import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Trainer:
         self.best_epoch = 0
         self.epoch_times: list = []  # seconds per epoch run in this process (benchmarks read them)
         self.skipped_batches = 0  # batches with a non-finite loss (trainer.nonfinite=skip)
+        self.stop = StopRequest()
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
@@ -76,6 +78,11 @@ class Trainer:
         log.info("Training %s on %s (%s): %d epochs x %d steps, run folder %s",
                  self.cfg.model.arch, self.device, self.precision, t.epochs, self.steps_per_epoch,
                  self.trial.run_dir)
+        with self.stop:
+            return self._fit_epochs()
+
+    def _fit_epochs(self) -> float:
+        t = self.cfg.trainer
         for epoch in range(self.start_epoch + 1, t.epochs + 1):
             started = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch started with
@@ -129,6 +136,7 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             self.global_step += 1
+            self.stop.check(epoch)  # a requested stop lands here, between two batches
             self._visualize("train", batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()
             count += 1
@@ -153,6 +161,7 @@ class Trainer:
             with self._autocast():
                 logits = self.model(inputs)
                 loss = self.criterion(logits, target)
+            self.stop.check(epoch)
             if visualize:
                 self._visualize(prefix, batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()

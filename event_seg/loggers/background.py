@@ -99,10 +99,10 @@ class BackgroundLogging(Logger):
         """Waits until everything queued so far has been handed to the loggers."""
         self._queue.join()
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         if self._closed:
             return
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        self.group.close()
+        self.group.close(exit_code)

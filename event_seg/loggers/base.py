@@ -26,8 +26,8 @@ class Logger:
     def log_images(self, stage: str, batch_idx: int, panels, epoch: int) -> None:
         """``panels`` is a :class:`event_seg.viz.Panels` (pictures plus per-sample masks)."""
 
-    def close(self) -> None:
-        pass
+    def close(self, exit_code: int = 0) -> None:
+        """``exit_code`` != 0: the run was interrupted (trackers may mark it failed)."""
 
 
 class LoggerGroup(Logger):
@@ -61,10 +61,10 @@ class LoggerGroup(Logger):
     def log_images(self, stage, batch_idx, panels, epoch) -> None:
         self._each("log_images", stage, batch_idx, panels, epoch)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         for logger in self.loggers:
             try:
-                logger.close()
+                logger.close(exit_code)
             except Exception as e:
                 log.warning("Logger '%s' failed to close: %s", logger.name, e)
 

@@ -46,5 +46,5 @@ class TensorBoardLogger(Logger):
         self.writer._get_file_writer().add_summary(Summary(value=values), epoch)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.writer.close()

@@ -111,5 +111,5 @@ class WandbLogger(Logger):
                           f"{prefix}/grid": wandb.Image(png_file("grid", panels.png("grid"))),
                           "epoch": epoch})
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)  # non-zero: shown as failed, with the code

@@ -1,0 +1,58 @@
+"""SIGTERM (pre-emption) stops at a batch boundary, closes the trackers and prints how to resume."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from wandb_reader import read_offline_run  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sigterm_stops_cleanly_and_the_printed_command_resumes(tmp_path, cache):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
+           "EVENT_SEG_CACHE": str(cache), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=wandb+tb",
+           "trainer.epochs=50", "trainer.vis.num_batches=0", "trial_timestamp=pre",
+           f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 1/50" in line and "val_mean_iou" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "".join(lines)
+    lines += proc.stdout.readlines()
+    proc.wait(timeout=120)
+    output = "".join(lines)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "stopping at the next batch boundary" in output
+    assert "Traceback" not in output
+    command = output.split("Resume with:")[1].strip().splitlines()[0]
+    assert command.startswith("python -m event_seg.train") and "trial_timestamp=pre" in command
+    run_dir = tmp_path / "unet_pre"
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"]
+    assert saved >= 1
+    first = read_offline_run(sorted((run_dir / "wandb").glob("offline-run-*"))[0])
+    assert first.exit_code == 128 + signal.SIGTERM  # marked as interrupted, not crashed
+
+    args = [a if not a.startswith("trainer.epochs=") else f"trainer.epochs={saved + 1}"
+            for a in shlex.split(command)[3:]]
+    resumed = subprocess.run([sys.executable, "-m", "event_seg.train", *args], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resumed from {run_dir / 'checkpoints' / 'last.pt'} at epoch {saved}" in (
+        resumed.stdout + resumed.stderr)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == saved + 1
