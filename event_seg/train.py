@@ -69,19 +69,13 @@ def run(cfg: DictConfig) -> float:
         return best
     except Preempted as stop:
         exit_code = stop.exit_code
-        kept = (f"{trial.last_checkpoint} holds epoch {_saved_epoch(trial)}"
-                if trial.resume_path else "no epoch had finished yet")
+        kept = (f"{trial.last_checkpoint} holds epoch {trainer.saved_epoch}"
+                if trainer.saved_epoch else "no epoch had finished yet")
         log.warning("%s; %s (the interrupted epoch is redone). Resume with:\n  %s", stop, kept,
                     resume_command(trial))
         raise
     finally:
         loggers.close(exit_code)
-
-
-def _saved_epoch(trial) -> int:
-    from .engine.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(trial.last_checkpoint)["epoch"])
 
 
 def resume_command(trial) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .event_scapes import read_label
+from .labels import remap_labels
 from .sample import make_sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -71,11 +72,10 @@ def read_event_tensor(path: Path, channels: int) -> np.ndarray:
 class DDD17Dataset:
     def __init__(self, triples, event_channels: int, label_map, ignore_index: int,
                  transform=None):
-        from .labels import remap_labels
-
         self.triples = list(triples)
         self.event_channels = event_channels
-        self.remap = lambda tags: remap_labels(tags, label_map, ignore_index)
+        self.label_map = label_map
+        self.ignore_index = ignore_index
         self.transform = transform
 
     def __len__(self) -> int:
@@ -84,7 +84,7 @@ class DDD17Dataset:
     def __getitem__(self, index: int) -> dict:
         image, label, events = self.triples[index]
         rgb = read_gray_as_rgb(image)
-        mask = self.remap(read_label(label))
+        mask = remap_labels(read_label(label), self.label_map, self.ignore_index)
         tensor = read_event_tensor(events, self.event_channels)
         if not (rgb.shape[:2] == mask.shape == tensor.shape[:2]):
             raise DatasetError(f"DDD17 sample sizes differ: {image.name} {rgb.shape[:2]}, "

@@ -139,7 +139,7 @@ class DsecSemanticDataset(RawEventsDataset):
         try:
             t_ds = f["events/t"]
             # Binary searches read only the slices they touch; the window is then read once.
-            start, end = window_indices(_LazyArray(t_ds), ms_to_idx, frame.timestamp_us - t_offset,
+            start, end = window_indices(t_ds, ms_to_idx, frame.timestamp_us - t_offset,
                                         self.duration_us, self.num_events)
             events = {k: f[f"events/{k}"][start:end] for k in ("x", "y", "t", "p")}
         except OSError as e:  # e.g. "required filter 'Blosc' is not registered"
@@ -176,15 +176,3 @@ class DsecSemanticDataset(RawEventsDataset):
         rgb = np.zeros((LABEL_HEIGHT, SENSOR_WIDTH, 3), np.uint8)
         return make_sample(rgb, events, mask, frame.id, self.transform)
 
-
-class _LazyArray:
-    """Slices of an h5 dataset as numpy arrays, with len(); enough for window_indices."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item):
-        return self.dataset[item]

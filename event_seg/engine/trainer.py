@@ -70,6 +70,7 @@ class Trainer:
         self.best_epoch = 0
         self.epoch_times: list = []  # seconds per epoch run in this process (benchmarks read them)
         self.skipped_batches = 0  # batches with a non-finite loss (trainer.nonfinite=skip)
+        self.saved_epoch = 0  # the epoch last.pt holds (0: none yet)
         self.stop = StopRequest()
 
     # -- the loop -----------------------------------------------------------------------------
@@ -237,6 +238,7 @@ class Trainer:
                 f"{self.trial.last_checkpoint}. Lower optimizer.lr")
         state = self._state(epoch)
         save_checkpoint(state, self.trial.last_checkpoint)
+        self.saved_epoch = epoch
         if improved:
             link_checkpoint(self.trial.last_checkpoint, self.trial.best_checkpoint)
 
@@ -261,7 +263,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this run's model or optimizer "
                                   f"({str(e).splitlines()[0]}); start a new trial") from None
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state.get("best_epoch", 0))
