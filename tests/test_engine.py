@@ -84,8 +84,17 @@ def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, path)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="last.pt"):
+    with pytest.raises(CheckpointError, match=r"last.pt \(100 bytes\).*corrupt or truncated"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"vm\n", b"not a checkpoint at all" * 50])
+def test_foreign_bytes_are_called_corrupt_not_code(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="model.pt .*corrupt or truncated") as e:
+        load_checkpoint(path)
+    assert "pickled Python objects" not in str(e.value)
 
 
 class _Recorder(Logger):

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 from .event_scapes import DatasetError, EventScapesDataset, index_split
 from .events import representation_channels
 from .sample import SkipCorrupt
+from .sampling import EpochSampler, SeededSamples
 from .transforms import JointTransform
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,11 @@ def representation_cache(dataset_cfg, root: Path, cache_dir: str, writable: bool
 
 
 def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
-               splits=("train", "val", "test"), prepare: bool = False) -> DataBundle:
+               splits=("train", "val", "test"), prepare: bool = False, rank: int = 0,
+               world_size: int = 1) -> DataBundle:
     """Loaders for the configured splits. ``prepare`` fills the representation cache as samples
-    are read (event-seg-prepare); otherwise existing entries are only read."""
+    are read (event-seg-prepare); otherwise existing entries are only read. Under DDP each
+    ``rank`` of ``world_size`` loads its own share (see sampling.EpochSampler)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -171,24 +174,29 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     loaders = {}
     for split, ds in datasets.items():
         train = split == "train"
-        generator = torch.Generator().manual_seed(seed)
+        # Order and augmentation follow (seed, epoch, index) alone: exact resume (sampling.py).
+        sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank,
+                               world_size=world_size, even=train)
         loaders[split] = DataLoader(
-            ds,
+            SeededSamples(ds, seed),
             batch_size=trainer_cfg.batch_size,
-            shuffle=train,
-            drop_last=train and len(ds) > trainer_cfg.batch_size,
+            sampler=sampler,
+            drop_last=train and len(sampler) > trainer_cfg.batch_size,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-            generator=generator,
             worker_init_fn=_seed_worker,
+            # Worker base seeds are drawn from this, not from the global RNG, which belongs to
+            # the model (dropout) and is restored exactly on resume.
+            generator=torch.Generator().manual_seed(seed),
         )
     return DataBundle(info=info, loaders=loaders)
 
 
 def _seed_worker(worker_id: int) -> None:
-    # Workers inherit torch's per-worker seed; numpy and random must follow it for reproducibility.
+    # Workers inherit torch's per-worker seed; numpy and random follow it, so any reader that
+    # draws from them differs between workers. Augmentation is seeded per sample (sampling.py).
     import random
 
     import numpy as np
@@ -197,6 +205,3 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
-    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
-    if transform is not None:
-        transform.reseed(seed)

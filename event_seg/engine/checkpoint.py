@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import random
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError  # noqa: F401  (re-exported)
+from .crash import crash_point
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -26,6 +28,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+            crash_point("save", state.get("epoch"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +41,15 @@ def save_checkpoint(state: dict, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Deletes the temp files a killed save or link left behind; returns how many."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def link_checkpoint(source: Path, target: Path) -> None:
@@ -63,18 +75,33 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint={path} is a folder; pass a .pt file in it") from None
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        if _blocked_code(str(e)):
             raise CheckpointError(
                 f"refused to load {path}: it holds pickled Python objects beyond tensors and "
                 f"plain data, which can run code when loaded; event_seg checkpoints never "
                 f"contain any, so this file was not written by event_seg or was tampered with"
             ) from None
-        raise CheckpointError(f"cannot load checkpoint {path}: corrupt or truncated "
-                              f"({str(e).splitlines()[0]})") from None
-    except Exception as e:
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise CheckpointError(_corrupt(path)) from None
+    except Exception:
+        # EOFError, zip reader RuntimeErrors, KeyErrors on garbage opcodes: all mean the bytes
+        # are not a whole checkpoint. The library's wording helps nobody here.
+        raise CheckpointError(_corrupt(path)) from None
+
+
+def _blocked_code(message: str) -> bool:
+    """The safe unpickler names a blocked GLOBAL (a function or class to import) when a file
+    carries code; garbage bytes fail on an "Unsupported operand" instead."""
+    return bool(re.search(r"GLOBAL|[Uu]nsupported global|REDUCE", message))
+
+
+def _corrupt(path: Path) -> str:
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    return (f"cannot load checkpoint {path} ({size} bytes): the file is corrupt or truncated "
+            f"(an interrupted copy or download?). Runs write last.pt and best.pt atomically, "
+            f"so a copy from the run folder is intact")
 
 
 def rng_state() -> dict:

@@ -21,7 +21,9 @@ from torch import nn
 from ..config import ConfigError
 from ..errors import CheckpointError, NonFiniteLossError
 from ..models import model_input
-from .checkpoint import link_checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import (link_checkpoint, load_checkpoint, remove_stale_temp_files,
+                         restore_rng_state, rng_state, save_checkpoint)
+from .crash import crash_point
 from .metrics import SegmentationMetrics
 from .preemption import StopRequest
 from .schedule import build_optimizer, build_scheduler
@@ -58,7 +60,9 @@ class Trainer:
         self.device = resolve_device(cfg.trainer.device)
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
         self.model = model.to(self.device)
-        self.steps_per_epoch = _limited_len(data.loaders["train"], cfg.trainer.limit_batches)
+        # No train loader: an evaluation-only trainer (event-seg-evaluate).
+        self.steps_per_epoch = (_limited_len(data.loaders["train"], cfg.trainer.limit_batches)
+                                if "train" in data.loaders else 1)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.steps_per_epoch,
                                          cfg.trainer.epochs)
@@ -116,6 +120,7 @@ class Trainer:
         t = self.cfg.trainer
         self.model.train()
         loader = self.data.loaders["train"]
+        loader.sampler.set_epoch(epoch)  # this epoch's order and augmentation (sampling.py)
         loss_sum = torch.zeros((), device=self.device)
         count = 0
         bar = self._progress(loader, f"epoch {epoch}/{t.epochs} train", self.steps_per_epoch)
@@ -138,6 +143,7 @@ class Trainer:
             self.scheduler.step()
             self.global_step += 1
             self.stop.check(epoch)  # a requested stop lands here, between two batches
+            crash_point("train", epoch, batch_idx)
             self._visualize("train", batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()
             count += 1
@@ -163,6 +169,7 @@ class Trainer:
                 logits = self.model(inputs)
                 loss = self.criterion(logits, target)
             self.stop.check(epoch)
+            crash_point(prefix, epoch, batch_idx)
             if visualize:
                 self._visualize(prefix, batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()
@@ -247,6 +254,9 @@ class Trainer:
         path = self.trial.resume_path
         if path is None:
             return
+        removed = remove_stale_temp_files(self.trial.checkpoint_dir)
+        if removed:
+            log.info("Removed %d temp file(s) left by an interrupted checkpoint write", removed)
         state = load_checkpoint(path)
         saved = state.get("config", {})
         for section, key in (("model", "arch"), ("model", "encoder_name"), ("optimizer", "name")):
@@ -268,8 +278,24 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state.get("best_epoch", 0))
         restore_rng_state(state["rng"])
+        if self.best_epoch == self.start_epoch:
+            # A kill between writing last.pt and linking best.pt leaves best.pt one best behind.
+            link_checkpoint(path, self.trial.best_checkpoint)
+        self._warn_changed_schedule(saved, path)
         log.info("Resumed from %s at epoch %d (best val_mean_iou %.4f)",
                  path, self.start_epoch, self.best_metric)
+
+    def _warn_changed_schedule(self, saved: dict, path) -> None:
+        """The optimizer and scheduler state in the checkpoint (learning rates included) win over
+        a changed config on resume, as in any PyTorch resume: say so rather than surprise."""
+        for section in ("optimizer", "scheduler"):
+            before = saved.get(section)
+            now = self.full_config.get(section)
+            if before is not None and now is not None and before != now:
+                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+                log.warning("%s.%s changed since %s was written; the resumed %s continues from "
+                            "the checkpoint's state (start a new trial to use the new values)",
+                            section, ",".join(changed), path, section)
 
     def _final_test(self) -> None:
         """Scores the best checkpoint on the test split and writes ``metrics.json``."""

@@ -1,0 +1,213 @@
+"""``event-seg-evaluate checkpoint=<path> [split=test] [output_dir=...] [overrides]``
+
+Scores a checkpoint on one split with the configuration stored inside it, so nothing has to be
+remembered from training time:
+
+    event-seg-evaluate checkpoint=outputs/unet_2026-11-29_10-00-00/checkpoints/best.pt
+    event-seg-evaluate checkpoint=.../best.pt split=val dataset.root=/data/EventScape logger=wandb
+
+Prints a per-class IoU table with mean IoU, weighted mean IoU and pixel accuracy, writes them to
+``<output_dir>/metrics.json`` and the colourised prediction panels (RGB | events | ground truth |
+prediction) to ``<output_dir>/panels/``. ``output_dir`` defaults to ``<run folder>/eval/<split>``.
+
+Overrides go on top of the stored config: ``key=value`` for single keys (``dataset.root``,
+``trainer.batch_size``, ``trainer.vis.num_batches``, ...), and the groups ``dataset=`` (another
+preset) and ``logger=`` (send the results to those trackers as well; none by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from .errors import ConfigError, EventSegError
+
+log = logging.getLogger("event_seg.evaluate")
+
+OWN_ARGS = ("checkpoint", "split", "output_dir")
+# Config groups an evaluation may swap; the others describe training and are fixed by the
+# checkpoint (the model) or mean nothing here (optimizer, scheduler, augmentation).
+SWAPPABLE_GROUPS = ("dataset", "logger")
+
+
+def split_arguments(argv: Sequence[str]) -> Tuple[dict, List[str]]:
+    """Separates this command's own ``key=value`` arguments from the config overrides."""
+    own, overrides = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in OWN_ARGS:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    if not own.get("checkpoint"):
+        raise ConfigError("usage: event-seg-evaluate checkpoint=<path to a .pt file> "
+                          "[split=test] [output_dir=...] [overrides]")
+    return own, overrides
+
+
+def evaluation_config(stored: dict, overrides: Sequence[str], checkpoint: Path):
+    """The stored training config, typed by the schema, with the overrides applied."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from .config import TrainConfig
+    from .train import CONFIG_DIR
+
+    if not stored:
+        raise ConfigError(f"{checkpoint} holds no training config (not written by event-seg-train)")
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    groups = [o for o in parsed if "." not in o.key_or_group and
+              (Path(CONFIG_DIR) / o.key_or_group).is_dir()]
+    for o in groups:
+        if o.key_or_group not in SWAPPABLE_GROUPS:
+            raise ConfigError(
+                f"{o.input_line}: the checkpoint fixes {o.key_or_group}; event-seg-evaluate "
+                f"swaps only {' and '.join(g + '=' for g in SWAPPABLE_GROUPS)} (set single keys "
+                f"with key=value)")
+    if groups:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            fresh = compose("train", overrides=[o.input_line for o in groups])
+        for o in groups:
+            cfg[o.key_or_group] = fresh[o.key_or_group]
+    elif "logger" not in {o.key_or_group for o in parsed}:
+        cfg.logger = {}  # the training run's trackers are not reused unless asked for
+    OmegaConf.set_struct(cfg, True)  # a typo'd key is an error, not a new key
+    for o in parsed:
+        if o in groups:
+            continue
+        OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+    return cfg
+
+
+def output_folder(checkpoint: Path, split: str, chosen: Optional[str]) -> Path:
+    if chosen:
+        return Path(chosen).expanduser()
+    parent = checkpoint.resolve().parent
+    run_dir = parent.parent if parent.name == "checkpoints" else parent
+    return run_dir / "eval" / split
+
+
+def per_class_table(metrics: dict, split: str, class_names: Sequence[str]) -> str:
+    width = max([len("weighted mean IoU"), *map(len, class_names)])
+    lines = [f"{'class':<{width}}  IoU", "-" * (width + 8)]
+    for name in class_names:
+        iou = metrics[f"{split}_iou/{name}"]
+        lines.append(f"{name:<{width}}  {'  -   ' if math.isnan(iou) else f'{iou:.4f}'}")
+    lines.append("-" * (width + 8))
+    for label, key in (("mean IoU", "mean_iou"), ("weighted mean IoU", "weighted_mean_iou"),
+                       ("pixel accuracy", "pixel_accuracy")):
+        lines.append(f"{label:<{width}}  {metrics[f'{split}_{key}']:.4f}")
+    return "\n".join(lines)
+
+
+def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (),
+             output_dir: Optional[str] = None) -> dict:
+    """Runs the evaluation; returns what it writes to ``metrics.json``."""
+    from omegaconf import OmegaConf
+
+    from . import config as _config
+    from .data import build_data
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import Trainer
+    from .engine.trial import Trial
+    from .loggers import build_loggers
+    from .loggers.background import BackgroundLogging
+    from .loggers.png_files import PanelFiles
+    from .models import build_model
+    from .secrets import redact
+    from .train import seed_everything
+    from .viz import panel_renderer
+
+    checkpoint = Path(checkpoint).expanduser()
+    state = load_checkpoint(checkpoint)
+    cfg = evaluation_config(state.get("config", {}), overrides, checkpoint)
+    _config.validate(cfg)
+    if split not in cfg.dataset.splits:
+        raise ConfigError(f"split={split}: dataset '{cfg.dataset.name}' has the splits "
+                          f"{', '.join(cfg.dataset.splits)}")
+    seed_everything(cfg.seed)
+    out = output_folder(checkpoint, split, output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed, splits=(split,))
+    cfg.model.encoder_weights = None  # every weight comes from the checkpoint
+    model = build_model(cfg.model, data.info)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise EventSegError(f"{checkpoint} does not fit the model these settings build "
+                            f"({str(e).splitlines()[0][:200]}); the overrides changed the "
+                            f"input channels or classes?") from None
+
+    epoch = int(state.get("epoch", 0))
+    trial = Trial(name=f"{cfg.run_name}_eval_{split}", timestamp=str(cfg.trial_timestamp),
+                  run_dir=out)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    group = build_loggers(resolved["logger"], trial)
+    panels = PanelFiles(out / "panels")
+    group.loggers.insert(0, panels)
+    loggers = BackgroundLogging(group, render=panel_renderer(data.info))
+    exit_code = 1
+    try:
+        trainer = Trainer(cfg, model, data, loggers=loggers, trial=trial, full_config=resolved)
+        log.info("Evaluating %s (epoch %d) on %s/%s: %d samples", checkpoint, epoch,
+                 data.info.name, split, data.info.split_sizes[split])
+        with trainer.stop:
+            metrics = trainer.evaluate(data.loaders[split], split, epoch)
+        loggers.log_config(resolved, {"checkpoint": str(checkpoint), "split": split,
+                                      "epoch": epoch})
+        loggers.log_metrics(metrics, epoch)
+        exit_code = 0
+    finally:
+        loggers.close(exit_code)
+
+    prefix = f"{split}_"
+    result = {
+        "checkpoint": str(checkpoint),
+        "epoch": epoch,
+        "split": split,
+        "dataset": data.info.name,
+        "samples": data.info.split_sizes[split],
+        "loss": metrics[f"{split}_loss"],
+        "mean_iou": metrics[f"{split}_mean_iou"],
+        "weighted_mean_iou": metrics[f"{split}_weighted_mean_iou"],
+        "pixel_accuracy": metrics[f"{split}_pixel_accuracy"],
+        # JSON has no NaN: a class absent from ground truth and prediction alike is null.
+        "per_class_iou": {name: (None if math.isnan(v) else v) for name, v in
+                          ((n, metrics[f"{prefix}iou/{n}"]) for n in data.info.class_names)},
+        "panels": [str(p) for p in panels.written],
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    print(per_class_table(metrics, split, data.info.class_names))
+    print(f"wrote {out / 'metrics.json'} and {len(panels.written)} panel(s) in {panels.folder}")
+    return result
+
+
+def main(argv=None) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .engine.preemption import Preempted
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        own, overrides = split_arguments(sys.argv[1:] if argv is None else argv)
+        evaluate(Path(own["checkpoint"]), own.get("split", "test"), overrides,
+                 own.get("output_dir"))
+    except (HydraException, OmegaConfBaseException, EventSegError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except Preempted as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return stop.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

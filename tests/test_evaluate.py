@@ -1,0 +1,96 @@
+"""event-seg-evaluate: rebuilds everything from the checkpoint, prints the table, writes the JSON
+and the PNG panels, and optionally logs to a tracker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("outputs")
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+                           "trial_timestamp=ev", f"paths.output_root={out}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out / "unet_ev"
+
+
+def evaluate_cli(*args, cache):
+    # Run from another folder: the stored config must be enough, not the working directory.
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "event_seg.evaluate", *args], cwd="/",
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_evaluate_prints_table_writes_json_and_panels_and_logs(trained, cache):
+    proc = evaluate_cli(f"checkpoint={trained / 'checkpoints' / 'best.pt'}", "logger=tensorboard",
+                        cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = trained / "eval" / "test"
+    result = json.loads((out / "metrics.json").read_text())
+    training = json.loads((trained / "metrics.json").read_text())
+    # The same checkpoint on the same split with the same settings: the same numbers.
+    assert result["mean_iou"] == pytest.approx(training["test_mean_iou"], abs=1e-12)
+    assert result["pixel_accuracy"] == pytest.approx(training["test_pixel_accuracy"], abs=1e-12)
+    assert result["split"] == "test" and result["epoch"] == training["best_epoch"]
+    assert set(result["per_class_iou"]) >= {"road", "vehicle", "person"}
+    for line in ("mean IoU", "weighted mean IoU", "pixel accuracy", "road", "vehicle"):
+        assert line in proc.stdout
+    assert f"{result['mean_iou']:.4f}" in proc.stdout
+
+    panels = sorted((out / "panels").glob("*.png"))
+    assert [p.name for p in panels] == ["test_batch_00.png", "test_batch_01.png"]
+    image = cv2.imread(str(panels[0]))
+    assert image is not None and image.shape[1] >= 4 * 64 and image.shape[0] >= 32
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert acc.Scalars("test_mean_iou")[0].value == pytest.approx(result["mean_iou"])
+    assert any(t.startswith("test/batch_00/") for t in acc.Tags()["images"])
+
+
+def test_evaluate_other_split_with_overrides(trained, cache, tmp_path):
+    proc = evaluate_cli(f"checkpoint={trained / 'checkpoints' / 'last.pt'}", "split=val",
+                        f"output_dir={tmp_path / 'v'}", "trainer.vis.num_batches=1",
+                        "trainer.batch_size=1", cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert result["split"] == "val"
+    assert [p.name for p in (tmp_path / "v" / "panels").glob("*.png")] == ["val_batch_00.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=fpn"], "the checkpoint fixes model"),
+    (["dataset.heigth=64"], "heigth"),
+    (["split=nope"], "split=nope"),
+])
+def test_evaluate_bad_arguments_are_one_line_errors(trained, cache, args, message, capsys,
+                                                    monkeypatch):
+    from event_seg.evaluate import main
+
+    monkeypatch.setenv("EVENT_SEG_CACHE", str(cache))
+    code = main([f"checkpoint={trained / 'checkpoints' / 'best.pt'}", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_evaluate_refuses_a_corrupt_checkpoint(tmp_path, capsys):
+    from event_seg.evaluate import main
+
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    assert main([f"checkpoint={bad}"]) == 2
+    assert "best.pt" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""A run SIGKILLed anywhere and restarted with its trial timestamp ends bit-identical to the same
+run never interrupted: same final weights, same metrics (issue 5's acceptance)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# Three epochs of three batches, two persistent workers and every augmentation on: the places
+# where state could leak from one epoch into the next.
+RUN = ["debug=smoke", "trainer.epochs=3", "trainer.limit_batches=3", "trainer.num_workers=2",
+       "augment=strong", "logger=tensorboard", "trainer.inference.enabled=false"]
+
+
+def train(out: Path, cache: Path, timestamp: str, crash_at: str = ""):
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "EVENT_SEG_CRASH_AT": crash_at}
+    cmd = [sys.executable, "-m", "event_seg.train", *RUN, f"paths.output_root={out}",
+           f"trial_timestamp={timestamp}"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def final_state(run_dir: Path):
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("epoch_times_s")  # wall time is the one thing allowed to differ
+    return last, best, metrics
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("straight")
+    proc = train(out, cache, "straight")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return final_state(out / "unet_straight")
+
+
+@pytest.mark.parametrize("crash_at", [
+    "train:2:1",  # mid-epoch: the epoch is redone from last.pt (epoch 1)
+    "val:2:0",    # during validation, after the epoch's training steps
+    "save:2",     # during the checkpoint write: last.pt must still be epoch 1, intact
+])
+def test_sigkill_then_resume_is_bit_identical(crash_at, uninterrupted, tmp_path, cache):
+    killed = train(tmp_path, cache, "k", crash_at=crash_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    checkpoints = tmp_path / "unet_k" / "checkpoints"
+    assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    if crash_at.startswith("save"):
+        assert list(checkpoints.glob(".last.pt.*.tmp")), "the kill should leave a temp file"
+
+    resumed = train(tmp_path, cache, "k")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resumed from" in resumed.stdout + resumed.stderr
+    assert not list(checkpoints.glob(".*.tmp"))
+
+    last, best, metrics = final_state(tmp_path / "unet_k")
+    ref_last, ref_best, ref_metrics = uninterrupted
+    assert metrics == ref_metrics
+    for name, ref in ref_last["model"].items():
+        assert torch.equal(last["model"][name], ref), name
+    assert last["epoch"] == 3 and last["global_step"] == ref_last["global_step"]
+    assert best["epoch"] == ref_best["epoch"]
+    for name, ref in ref_best["model"].items():
+        assert torch.equal(best["model"][name], ref), name
