@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import ConfigError  # noqa: F401  (re-exported)
 
@@ -160,8 +160,18 @@ class TrainConfig:
     run_name: str = MISSING
 
 
+def job_dir_name(num, override_dirname, model_name) -> str:
+    """A multirun job's folder (and tracker display name): ``<num>_<overrides>``, or
+    ``<num>_<model>`` for a job without overrides; ``/`` in a value would make a subfolder."""
+    overrides = str(override_dirname or "").replace("/", "-")
+    return f"{num}_{overrides or model_name}"
+
+
 def register_schemas() -> None:
     ConfigStore.instance().store(group="schema", name="train", node=TrainConfig)
+    # Used by hydra.sweep.subdir in train.yaml; registered wherever this module is imported,
+    # which includes every launcher process that unpickles the task function.
+    OmegaConf.register_new_resolver("es_job_dir", job_dir_name, replace=True)
 
 
 register_schemas()

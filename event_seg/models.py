@@ -33,13 +33,19 @@ def build_model(model_cfg, info):
     weights = model_cfg.encoder_weights
     local_file = weights is not None and (
         os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")))
-    model = smp.create_model(
-        arch=model_cfg.arch,
-        encoder_name=model_cfg.encoder_name,
-        encoder_weights=None if local_file else weights,
-        in_channels=info.input_channels,
-        classes=info.num_classes,
-    )
+    try:
+        model = smp.create_model(
+            arch=model_cfg.arch,
+            encoder_name=model_cfg.encoder_name,
+            encoder_weights=None if local_file else weights,
+            in_channels=info.input_channels,
+            classes=info.num_classes,
+        )
+    except (KeyError, ValueError) as e:
+        # smp's words (an unknown encoder lists every valid name), shortened to one line.
+        reason = " ".join(str(e).strip("'\"").split())
+        raise ConfigError(f"model.arch={model_cfg.arch} with model.encoder_name="
+                          f"{model_cfg.encoder_name}: {reason[:300]}") from None
     if local_file:
         path = os.path.expanduser(weights)
         if not os.path.isfile(path):

@@ -210,20 +210,6 @@ def test_training_carries_on_when_wandb_cannot_start(tmp_path, cache, request, s
     assert not (wandb_core_processes() - before), "a failed init left wandb-core running"
 
 
-def test_multirun_jobs_are_distinct_wandb_runs_in_one_group(tmp_path, cache):
-    proc = run_cli("logger=wandb", "trainer.epochs=1", "trainer.vis.num_batches=0",
-                   "trial_timestamp=sweep1", "optimizer.lr=1e-3,5e-4", out=tmp_path, cache=cache,
-                   env={"WANDB_MODE": "offline"}, multirun=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    job_dirs = sorted((tmp_path / "multirun" / "sweep1").glob("*_unet_sweep1"))
-    assert len(job_dirs) == 2
-    runs = [read_offline_run(offline_runs(d)[0]) for d in job_dirs]
-    assert runs[0].run_id != runs[1].run_id
-    assert runs[0].group == runs[1].group == "sweep_sweep1"
-    assert [r.config["optimizer"]["lr"] for r in runs] == [1e-3, 5e-4]
-    assert all(len(r.series("val_mean_iou")) == 1 for r in runs)
-
-
 def test_wandb_disabled_writes_nothing_and_leaves_no_process(tmp_path, cache):
     before = wandb_core_processes()
     proc = run_cli("logger=wandb+tb", "trial_timestamp=d", "trainer.epochs=1", out=tmp_path,

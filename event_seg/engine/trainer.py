@@ -27,15 +27,18 @@ from .crash import crash_point
 from .metrics import SegmentationMetrics
 from .preemption import StopRequest
 from .schedule import build_optimizer, build_scheduler
+from .trial import write_text_atomic
+from ..distributed import Context
 
 log = logging.getLogger(__name__)
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Under torchrun each process drives the GPU of its local rank.
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu")
     return torch.device(name)
@@ -50,16 +53,24 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg, model: nn.Module, data, loggers, trial, full_config: Optional[dict] = None):
-        self.cfg = cfg  # the trainer section
+    def __init__(self, cfg, model: nn.Module, data, loggers, trial, full_config: Optional[dict] = None,
+                 dist: Optional[Context] = None):
+        self.cfg = cfg  # the whole run config
         self.full_config = full_config or {}
         self.data = data
         self.info = data.info
         self.loggers = loggers
         self.trial = trial
-        self.device = resolve_device(cfg.trainer.device)
+        self.dist = dist or Context()  # rank 0 of 1 unless torchrun started us
+        self.device = resolve_device(cfg.trainer.device, self.dist.local_rank)
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)  # the bare model: checkpoints, evaluation
+        self.train_model = self.model  # what the training step calls: DDP-wrapped under torchrun
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # No train loader: an evaluation-only trainer (event-seg-evaluate).
         self.steps_per_epoch = (_limited_len(data.loaders["train"], cfg.trainer.limit_batches)
                                 if "train" in data.loaders else 1)
@@ -68,6 +79,10 @@ class Trainer:
                                          cfg.trainer.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.criterion = nn.CrossEntropyLoss(ignore_index=self.info.ignore_index)
+        # Evaluation sums over pixels and divides once: the mean over all scored pixels, the
+        # same however the split is cut into batches or shared among ranks.
+        self.pixel_loss_sum = nn.CrossEntropyLoss(ignore_index=self.info.ignore_index,
+                                                  reduction="sum")
         self.start_epoch = 0
         self.global_step = 0
         self.best_metric = -math.inf
@@ -127,10 +142,12 @@ class Trainer:
         for batch_idx, batch in enumerate(bar):
             inputs, target = self._to_device(batch)
             with self._autocast():
-                logits = self.model(inputs)
+                logits = self.train_model(inputs)
                 loss = self.criterion(logits, target)
-            # One host sync per step: the price of naming the exact batch that went bad.
-            if not bool(torch.isfinite(loss.detach())):
+            # One host sync per step: the price of naming the exact batch that went bad. Under
+            # DDP the ranks agree first (one small all-reduce), or one rank skipping a batch the
+            # others step on would hang them all.
+            if self._any_nonfinite(loss):
                 self._nonfinite(epoch, batch_idx, float(loss.detach()))
                 continue
             self.optimizer.zero_grad(set_to_none=True)
@@ -142,7 +159,7 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             self.global_step += 1
-            self.stop.check(epoch)  # a requested stop lands here, between two batches
+            self._check_stop(epoch)  # a requested stop lands here, between two batches
             crash_point("train", epoch, batch_idx)
             self._visualize("train", batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()
@@ -150,34 +167,53 @@ class Trainer:
             if hasattr(bar, "set_postfix") and count % max(t.log_every_n_steps, 1) == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        return loss_sum.item() / max(count, 1)
+        totals = self.dist.sum_(torch.stack([loss_sum, torch.tensor(float(count), device=self.device)]))
+        return float(totals[0] / totals[1].clamp(min=1))
 
     @torch.no_grad()
     def evaluate(self, loader, prefix: str, epoch: int, visualize: bool = True) -> Dict[str, float]:
         """Loss and segmentation metrics over ``loader``, named ``<prefix>_...``."""
         t = self.cfg.trainer
         self.model.eval()
+        self.dist.broadcast_buffers(self.model)  # every rank scores rank 0's (saved) model
         metrics = SegmentationMetrics(self.info.num_classes, self.info.ignore_index,
                                       self.info.class_names, self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        count = 0
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        pixels = torch.zeros((), device=self.device, dtype=torch.float64)
         total = _limited_len(loader, t.limit_batches)
         bar = self._progress(loader, f"epoch {epoch}/{t.epochs} {prefix}", total)
         for batch_idx, batch in enumerate(bar):
             inputs, target = self._to_device(batch)
             with self._autocast():
                 logits = self.model(inputs)
-                loss = self.criterion(logits, target)
-            self.stop.check(epoch)
+            loss_sum += self.pixel_loss_sum(logits.float(), target).double()
+            pixels += (target != self.info.ignore_index).sum()
+            self._check_stop(epoch)
             crash_point(prefix, epoch, batch_idx)
             if visualize:
                 self._visualize(prefix, batch_idx, epoch, batch, logits)
-            loss_sum += loss.detach()
-            count += 1
             metrics.update(logits.float(), target)
-        return {f"{prefix}_loss": loss_sum.item() / max(count, 1), **metrics.compute(prefix)}
+        totals = self.dist.sum_(torch.stack([loss_sum, pixels]))
+        # The confusion matrix is summed over the ranks by torchmetrics itself.
+        return {f"{prefix}_loss": float(totals[0] / totals[1].clamp(min=1)),
+                **metrics.compute(prefix)}
 
     # -- helpers ------------------------------------------------------------------------------
+    def _any_nonfinite(self, loss) -> bool:
+        bad = (~torch.isfinite(loss.detach())).float()
+        return bool(self.dist.any_(bad.reshape(1))[0]) if self.dist.enabled else bool(bad)
+
+    def _check_stop(self, epoch: int) -> None:
+        """Raises Preempted at this batch boundary when a stop was asked for. Under DDP the
+        ranks agree first: the signal may reach them a batch apart."""
+        if self.dist.enabled:
+            asked = torch.tensor([0.0 if self.stop.signum is None else float(self.stop.signum)],
+                                 device=self.device)
+            signum = int(self.dist.any_(asked)[0])
+            if signum and self.stop.signum is None:
+                self.stop.signum = signum
+        self.stop.check(epoch)
+
     def _nonfinite(self, epoch: int, batch_idx: int, value: float) -> None:
         if self.cfg.trainer.nonfinite == "skip":
             self.skipped_batches += 1
@@ -216,7 +252,7 @@ class Trainer:
 
     def _progress(self, loader, desc: str, total: int):
         batches = islice(loader, total)
-        if not self.cfg.trainer.progress_bar:
+        if not self.cfg.trainer.progress_bar or not self.dist.is_main:
             return batches
         from tqdm import tqdm
 
@@ -243,18 +279,20 @@ class Trainer:
             raise NonFiniteLossError(
                 f"the weights are no longer finite after epoch {epoch}; not saving them over "
                 f"{self.trial.last_checkpoint}. Lower optimizer.lr")
-        state = self._state(epoch)
-        save_checkpoint(state, self.trial.last_checkpoint)
         self.saved_epoch = epoch
-        if improved:
-            link_checkpoint(self.trial.last_checkpoint, self.trial.best_checkpoint)
+        if self.dist.is_main:  # one writer; the other ranks hold identical weights
+            save_checkpoint(self._state(epoch), self.trial.last_checkpoint)
+            if improved:
+                link_checkpoint(self.trial.last_checkpoint, self.trial.best_checkpoint)
+        self.dist.barrier()
 
     def resume_if_possible(self) -> None:
         """Restores everything from ``last.pt`` when the trial folder holds one."""
         path = self.trial.resume_path
         if path is None:
             return
-        removed = remove_stale_temp_files(self.trial.checkpoint_dir)
+        self.dist.barrier()  # no rank reads last.pt while rank 0 may still tidy the folder
+        removed = remove_stale_temp_files(self.trial.checkpoint_dir) if self.dist.is_main else 0
         if removed:
             log.info("Removed %d temp file(s) left by an interrupted checkpoint write", removed)
         state = load_checkpoint(path)
@@ -278,7 +316,7 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state.get("best_epoch", 0))
         restore_rng_state(state["rng"])
-        if self.best_epoch == self.start_epoch:
+        if self.best_epoch == self.start_epoch and self.dist.is_main:
             # A kill between writing last.pt and linking best.pt leaves best.pt one best behind.
             link_checkpoint(path, self.trial.best_checkpoint)
         self._warn_changed_schedule(saved, path)
@@ -305,12 +343,14 @@ class Trainer:
         if loader is not None and self.trial.best_checkpoint.is_file():
             self.model.load_state_dict(load_checkpoint(self.trial.best_checkpoint)["model"])
             test = self.evaluate(loader, "test", self.cfg.trainer.epochs, visualize=False)
-            self.loggers.log_metrics(test, self.cfg.trainer.epochs)
+            # best_val_mean_iou: the one number a sweep (W&B, Optuna) ranks runs by.
+            self.loggers.log_metrics({**test, "best_val_mean_iou": self.best_metric},
+                                     self.cfg.trainer.epochs)
             summary.update(test)
             log.info("test (best checkpoint, epoch %d): test_mean_iou %.4f  test_pixel_accuracy %.4f",
                      self.best_epoch, test["test_mean_iou"], test["test_pixel_accuracy"])
-        path = self.trial.run_dir / "metrics.json"
-        path.write_text(json.dumps(summary, indent=2, allow_nan=True))
+        if self.dist.is_main:
+            write_text_atomic(self.trial.metrics_file, json.dumps(summary, indent=2, allow_nan=True))
 
 
 def _limited_len(loader, limit: Optional[int]) -> int:

@@ -13,6 +13,11 @@ class Trial:
     timestamp: str
     run_dir: Path
     job_num: Optional[int] = None  # the multirun job number, None for a single run
+    display_name: Optional[str] = None  # what trackers show; a sweep job's folder name
+
+    def __post_init__(self):
+        if self.display_name is None:
+            self.display_name = self.name
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -49,7 +54,35 @@ class Trial:
             run_dir = Path(cfg.paths.output_root) / cfg.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
         return cls(name=cfg.run_name, timestamp=str(cfg.trial_timestamp), run_dir=run_dir,
-                   job_num=job_num)
+                   job_num=job_num, display_name=run_dir.name if job_num is not None else None)
+
+    @property
+    def metrics_file(self) -> Path:
+        """Written last, atomically: its presence means the run finished."""
+        return self.run_dir / "metrics.json"
+
+    def finished_summary(self, epochs: int) -> Optional[dict]:
+        """The summary of a run that already finished ``epochs`` epochs in this folder, else None
+        (a re-run sweep skips such jobs; asking for more epochs continues training instead)."""
+        import json
+
+        try:
+            summary = json.loads(self.metrics_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return summary if summary.get("epochs") == epochs else None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """A reader (or a crash) sees the old file or the new one, never half of it."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def check_output_folder(run_dir: Path, needed_bytes: int, disk_usage=None) -> None:

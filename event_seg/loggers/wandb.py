@@ -57,12 +57,18 @@ class WandbLogger(Logger):
             console="off",                   # train.log has the console; keep tqdm untouched
         )
         self.run_id = wandb_run_id(trial.name, trial.job_num)
+        identity = dict(name=name or trial.display_name, id=self.run_id, group=group,
+                        resume="allow")
+        if os.environ.get("WANDB_SWEEP_ID"):
+            # Started by `wandb agent`: the agent has chosen the run (WANDB_RUN_ID) and files it
+            # under its sweep; an id of our own would start a run the sweep never hears of.
+            self.run_id = os.environ.get("WANDB_RUN_ID", self.run_id)
+            identity = dict(name=name, id=None, group=None, resume=None)
         try:
             self.run = wandb.init(
-                entity=entity, project=project, name=name or trial.name, id=self.run_id,
-                dir=str(trial.run_dir), notes=notes, tags=list(tags) or None, group=group,
-                job_type=job_type, mode=mode, resume="allow", reinit="finish_previous",
-                settings=settings,
+                entity=entity, project=project, dir=str(trial.run_dir), notes=notes,
+                tags=list(tags) or None, job_type=job_type, mode=mode,
+                reinit="finish_previous", settings=settings, **identity,
             )
         except BaseException:
             # A failed init leaves its wandb-core child running; take it down before going on.

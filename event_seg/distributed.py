@@ -1,0 +1,122 @@
+"""Multi-GPU and multi-node training with torchrun and DistributedDataParallel.
+
+    torchrun --nproc_per_node=4 -m event_seg.train experiment=event_scapes_fusion
+
+torchrun starts one process per device and sets RANK, LOCAL_RANK and WORLD_SIZE; everything here
+is a no-op without them (WORLD_SIZE unset or 1), so a single process never pays for it. Rank 0
+alone logs, visualises and writes checkpoints; every rank reads the same run folder, which must be
+on a file system all nodes share (the usual cluster home or scratch). NCCL on GPUs, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def init_process_group() -> None:
+    """Joins the job's process group once (idempotent). Both backends are registered so CPU
+    tensors (the start-up handshake) and CUDA tensors (gradients, metrics) can be reduced."""
+    import torch
+    import torch.distributed as dist
+
+    if not is_distributed() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+
+
+def agree_on_timestamp(timestamp: str) -> str:
+    """Every rank takes rank 0's start time, so all of them name the same run folder."""
+    if not is_distributed():
+        return timestamp
+    import torch.distributed as dist
+
+    init_process_group()
+    box = [timestamp]
+    # On CPU tensors: gloo carries them on both the CPU and the mixed CPU/CUDA group.
+    dist.broadcast_object_list(box, src=0, device="cpu")
+    return box[0]
+
+
+@dataclass
+class Context:
+    """Where this process stands in the job; a single process is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum_(self, tensor):
+        """Sums ``tensor`` over the ranks in place (a no-op alone); returns it."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def any_(self, tensor):
+        """Element-wise logical or of a small flag tensor over the ranks, in place."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def broadcast_buffers(self, module) -> None:
+        """Gives every rank rank 0's buffers (BatchNorm running statistics): each rank updates
+        its own on its own batches, and evaluation must use the ones the checkpoint holds."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+
+def context() -> Context:
+    """Joins the process group when torchrun started us; describes this process."""
+    if not is_distributed():
+        return Context()
+    init_process_group()
+    return Context(rank=rank(), world_size=world_size(), local_rank=local_rank())
+
+
+def shutdown() -> None:
+    if is_distributed():
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
