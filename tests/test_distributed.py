@@ -1,0 +1,87 @@
+"""torchrun with two CPU processes (gloo): one run folder, one set of logs and checkpoints, and
+validation metrics that equal a single-process evaluation of the saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from event_seg.data.sampling import EpochSampler
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(out: Path, cache: Path, *overrides):
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", "-m", "event_seg.train", "debug=smoke", "logger=tensorboard",
+           # every batch, so both ranks together cover the whole validation split
+           "trainer.limit_batches=null", "trainer.vis.num_batches=1", f"paths.output_root={out}",
+           *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("ddp")
+    proc = torchrun(out, cache, "trainer.epochs=1")  # no timestamp: the ranks must agree on one
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
+def test_one_run_folder_one_set_of_logs_and_checkpoints(ddp_run):
+    out, proc = ddp_run
+    [run_dir] = [p for p in out.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert (run_dir / "metrics.json").is_file() and (run_dir / ".hydra").is_dir()
+    assert (proc.stdout + proc.stderr).count("epoch 1/1  train_loss") == 1  # rank 0 reports
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state["model"])  # loads without DDP
+
+
+def test_validation_metrics_equal_a_single_process_evaluation(ddp_run, cache, tmp_path,
+                                                              monkeypatch):
+    from event_seg.evaluate import evaluate
+
+    out, _ = ddp_run
+    [run_dir] = [p for p in out.iterdir() if p.is_dir()]
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    monkeypatch.setenv("EVENT_SEG_CACHE", str(cache))
+    single = evaluate(run_dir / "checkpoints" / "last.pt", "val", output_dir=str(tmp_path),
+                      overrides=["trainer.num_workers=0"])
+    assert acc.Scalars("val_mean_iou")[-1].value == pytest.approx(single["mean_iou"], abs=1e-6)
+    assert acc.Scalars("val_loss")[-1].value == pytest.approx(single["loss"], rel=1e-5)
+    training = json.loads((run_dir / "metrics.json").read_text())
+    test = evaluate(run_dir / "checkpoints" / "best.pt", "test", output_dir=str(tmp_path / "t"),
+                    overrides=["trainer.num_workers=0"])
+    assert training["test_mean_iou"] == pytest.approx(test["mean_iou"], abs=1e-9)
+
+
+def test_resume_under_torchrun(ddp_run, cache):
+    out, _ = ddp_run
+    [run_dir] = [p for p in out.iterdir() if p.is_dir()]
+    timestamp = run_dir.name.split("_", 1)[1]
+    proc = torchrun(out, cache, "trainer.epochs=2", f"trial_timestamp={timestamp}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Resumed from" in proc.stdout + proc.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("size,world", [(7, 2), (9, 3), (2, 4)])
+def test_sampler_covers_evaluation_splits_exactly_once(size, world):
+    shards = [[i for i, _ in EpochSampler(size, shuffle=False, rank=r, world_size=world)]
+              for r in range(world)]
+    assert sorted(sum(shards, [])) == list(range(size))
+    train = [list(EpochSampler(size, shuffle=True, seed=3, rank=r, world_size=world, even=True))
+             for r in range(world)]
+    assert len({len(s) for s in train}) == 1  # equal step counts on every rank
+    assert len({i for s in train for i, _ in s}) == len(sum(train, []))  # no sample twice
