@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test compare clean-venv
+.PHONY: install train test bench compare clean-venv
 
 # `make train ARGS="model=fpn dataset.modality=rgb"` passes Hydra overrides through.
 
@@ -24,6 +24,17 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The benchmark suite (CPU, a few minutes): prints every ratio, writes benchmarks/RESULTS.md.
+# tonic, the reference for the event representations, comes from the `bench` extra.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]' $(TORCH_PIN)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 compare: $(STAMP)
 	$(PY) benchmarks/compare_modalities.py $(ARGS)

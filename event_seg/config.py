@@ -135,6 +135,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     nonfinite: str = "stop"  # a NaN/inf loss: stop (naming epoch and batch) or skip the batch
+    memory_format: str = "auto"  # auto (channels_last on CUDA) | channels_last | contiguous
+    compile: bool = False  # torch.compile the training model (GPU; minutes of warm-up)
     vis: VisConfig = field(default_factory=VisConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -187,6 +189,7 @@ CHOICES: Dict[str, tuple] = {
     "scheduler.name": ("poly", "cosine", "none"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.nonfinite": ("stop", "skip"),
+    "trainer.memory_format": ("auto", "channels_last", "contiguous"),
 }
 
 

@@ -106,8 +106,23 @@ class Context:
                 dist.broadcast(buffer, src=0)
 
 
+def adopt_slurm_tasks() -> None:
+    """A submitit job with several tasks (``hydra.launcher.tasks_per_node``) starts one process
+    per task with SLURM's variables; DDP reads torchrun's (RANK, WORLD_SIZE, MASTER_ADDR...).
+    submitit's own helper maps one to the other. Nothing to do under torchrun or alone."""
+    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    if "SUBMITIT_FOLDER" not in os.environ and "SUBMITIT_EXECUTOR" not in os.environ:
+        return  # a plain `srun python -m event_seg.train`: use torchrun inside it instead
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export()
+
+
 def context() -> Context:
-    """Joins the process group when torchrun started us; describes this process."""
+    """Joins the process group when torchrun (or a multi-task submitit job) started us;
+    describes this process."""
+    adopt_slurm_tasks()
     if not is_distributed():
         return Context()
     init_process_group()

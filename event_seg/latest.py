@@ -1,4 +1,5 @@
-"""``trial_timestamp=latest``: find the newest earlier run of the same name pattern.
+"""``trial_timestamp=latest``: find the newest earlier run of the same name pattern (or, for a
+sweep, the newest sweep folder, so ``-m ... trial_timestamp=latest`` resumes the last sweep).
 
 The run folder is named before the task function runs (``hydra.run.dir`` interpolates the
 timestamp), so ``latest`` is replaced on the command line, before Hydra composes for real: the
@@ -35,6 +36,9 @@ def expand_latest(argv: List[str], config_dir: str, config_name: str = "train") 
         raise ConfigError(f"{KEY}=latest needs a run_name that contains the timestamp "
                           f"(run_name={pattern})")
     root = Path(cfg.paths.output_root)
+    if is_sweep(argv):
+        timestamp = latest_sweep(root / "multirun")
+        return [f"{KEY}={timestamp}" if i in matches else a for i, a in enumerate(argv)]
     glob = pattern.replace(PLACEHOLDER, "*")
     regex = re.compile(re.escape(pattern).replace(re.escape(PLACEHOLDER), "(.+)") + r"\Z")
     runs = [p for p in root.glob(glob) if p.is_dir() and fnmatch.fnmatch(p.name, glob)
@@ -47,3 +51,15 @@ def expand_latest(argv: List[str], config_dir: str, config_name: str = "train") 
     for i in matches:
         out[i] = f"{KEY}={timestamp}"
     return out
+
+
+def is_sweep(argv: List[str]) -> bool:
+    return any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in argv[1:])
+
+
+def latest_sweep(sweeps: Path) -> str:
+    """The newest sweep folder under ``<output_root>/multirun`` (a re-run resumes it)."""
+    folders = [p for p in sweeps.glob("*") if p.is_dir()] if sweeps.is_dir() else []
+    if not folders:
+        raise ConfigError(f"{KEY}=latest: no earlier sweep in {sweeps}")
+    return max(folders, key=lambda p: p.stat().st_mtime).name

@@ -89,3 +89,20 @@ def test_skip_mode_skips_and_counts_nonfinite_batches(tmp_path, cache):
     assert trainer.skipped_batches == 1
     state = torch.load(trainer.trial.last_checkpoint, weights_only=True)
     assert state["epoch"] == 1
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_deferred_check_names_the_same_first_bad_batch(tmp_path, cache, deferred):
+    """The GPU path (no host sync per step) is exercised on CPU: it must name the same batch
+    and keep the same checkpoint as the per-step check."""
+    from event_seg.errors import NonFiniteLossError
+
+    make_trainer(tmp_path, cache, "trainer.epochs=1").fit()
+    trainer = make_trainer(tmp_path, cache, "trainer.epochs=2", "trainer.limit_batches=3",
+                           "trainer.log_every_n_steps=2")
+    trainer.defer_nonfinite_check = deferred
+    good = trainer.trial.last_checkpoint.read_bytes()
+    nan_on_calls(trainer, {2, 3})  # batches 1 and 2 of epoch 2; the first one is named
+    with pytest.raises(NonFiniteLossError, match="at epoch 2, batch 1"):
+        trainer.fit()
+    assert trainer.trial.last_checkpoint.read_bytes() == good

@@ -57,6 +57,8 @@ def test_grid_sweep_jobs_runs_and_a_rerun_that_skips_and_resumes(tmp_path, cache
     assert not (sweep / names[2] / "metrics.json").exists()
     assert not (sweep / names[3]).exists()
 
+    # Run it again: `latest` finds the sweep folder, as the user would type it.
+    cmd = [a if a != "trial_timestamp=grid" else "trial_timestamp=latest" for a in cmd]
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output

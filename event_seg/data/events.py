@@ -51,24 +51,30 @@ def voxel_grid(x, y, t, p, num_bins: int, height: int, width: int,
     """
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
-    grid = np.zeros(num_bins * height * width, dtype=np.float32)
     t = _as_numpy(t)
     if t.size == 0:
-        return grid.reshape(num_bins, height, width)
+        return np.zeros((num_bins, height, width), dtype=np.float32)
     pix = _flat_pixel_index(x, y, height, width)
     pol = signed_polarity(p)
     # Subtract the first stamp before going to float: epoch nanoseconds (~1.6e18) are beyond
     # float64's exact integers, offsets within a window are not.
-    t = (t - t.min()).astype(np.float64)
-    span = t.max()
-    tn = (num_bins - 1) * t / span if span > 0 else np.zeros_like(t)
-    left = np.floor(tn).astype(np.int64)
-    frac = (tn - left).astype(np.float32)
+    t0 = t.min()
+    span = float(t.max() - t0)
+    tn = (t - t0).astype(np.float64)
+    tn *= (num_bins - 1) / span if span > 0 else 0.0
+    left = tn.astype(np.int32 if (num_bins + 1) * height * width < 2 ** 31 else np.int64)
+    # tn >= 0, so the cast is the floor. Each event splits its polarity between bin `left`
+    # (weight 1 - frac) and bin `left + 1` (weight frac): two weighted bincounts, which are many
+    # times faster than np.add.at (see benchmarks/bench_representations.py). Weights that land
+    # one bin past the last (frac is 0 there) fall into the spare plane cut off below.
+    pol = signed_polarity(p)
+    right = pol * (tn - left).astype(np.float32)
     plane = height * width
-    for offset, weight in ((0, 1.0 - frac), (1, frac)):
-        b = left + offset
-        keep = (b >= 0) & (b < num_bins) & (weight != 0)
-        np.add.at(grid, b[keep] * plane + pix[keep], pol[keep] * weight[keep])
+    cells = left * plane + pix.astype(left.dtype, copy=False)
+    size = (num_bins + 1) * plane
+    acc = np.bincount(cells, weights=pol - right, minlength=size)
+    acc[plane:] += np.bincount(cells, weights=right, minlength=size)[:-plane]
+    grid = acc[:num_bins * plane].astype(np.float32)
     grid = grid.reshape(num_bins, height, width)
     if normalize:
         grid = normalize_nonzero(grid)

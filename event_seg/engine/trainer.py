@@ -64,13 +64,21 @@ class Trainer:
         self.dist = dist or Context()  # rank 0 of 1 unless torchrun started us
         self.device = resolve_device(cfg.trainer.device, self.dist.local_rank)
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
+        fmt = cfg.trainer.memory_format
+        self.channels_last = fmt == "channels_last" or (fmt == "auto" and self.device.type == "cuda")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         self.model = model.to(self.device)  # the bare model: checkpoints, evaluation
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model = self.model  # what the training step calls: DDP-wrapped under torchrun
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.trainer.compile:
+            self.train_model = torch.compile(self.train_model)
         # No train loader: an evaluation-only trainer (event-seg-evaluate).
         self.steps_per_epoch = (_limited_len(data.loaders["train"], cfg.trainer.limit_batches)
                                 if "train" in data.loaders else 1)
@@ -91,6 +99,10 @@ class Trainer:
         self.skipped_batches = 0  # batches with a non-finite loss (trainer.nonfinite=skip)
         self.saved_epoch = 0  # the epoch last.pt holds (0: none yet)
         self.stop = StopRequest()
+        # Where a host sync per step costs (CUDA), and nothing is skipped (nonfinite=stop), the
+        # non-finite check is deferred; the first bad batch is still the one named.
+        self.defer_nonfinite_check = (self.device.type == "cuda" and cfg.trainer.nonfinite == "stop"
+                                      and not self.dist.enabled)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
@@ -135,19 +147,27 @@ class Trainer:
         t = self.cfg.trainer
         self.model.train()
         loader = self.data.loaders["train"]
-        loader.sampler.set_epoch(epoch)  # this epoch's order and augmentation (sampling.py)
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # this epoch's order and augmentation (sampling.py)
         loss_sum = torch.zeros((), device=self.device)
+        bad_batch = torch.full((), -1, device=self.device, dtype=torch.long)  # deferred check
+        bad_loss = torch.zeros((), device=self.device)
         count = 0
+        every = max(t.log_every_n_steps, 1)
         bar = self._progress(loader, f"epoch {epoch}/{t.epochs} train", self.steps_per_epoch)
         for batch_idx, batch in enumerate(bar):
             inputs, target = self._to_device(batch)
             with self._autocast():
                 logits = self.train_model(inputs)
                 loss = self.criterion(logits, target)
-            # One host sync per step: the price of naming the exact batch that went bad. Under
-            # DDP the ranks agree first (one small all-reduce), or one rank skipping a batch the
-            # others step on would hang them all.
-            if self._any_nonfinite(loss):
+            if self.defer_nonfinite_check:
+                # GPU, nonfinite=stop: note the first bad batch on the device and look every
+                # log_every_n_steps steps, so the step itself never waits for the host.
+                bad_batch, bad_loss = _note_first_nonfinite(loss, batch_idx, bad_batch, bad_loss)
+            elif self._any_nonfinite(loss):
+                # One host sync per step: the price of skipping exactly the bad batch. Under DDP
+                # the ranks agree first, or one rank skipping a batch would hang the others.
                 self._nonfinite(epoch, batch_idx, float(loss.detach()))
                 continue
             self.optimizer.zero_grad(set_to_none=True)
@@ -164,9 +184,14 @@ class Trainer:
             self._visualize("train", batch_idx, epoch, batch, logits)
             loss_sum += loss.detach()
             count += 1
-            if hasattr(bar, "set_postfix") and count % max(t.log_every_n_steps, 1) == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if count % every == 0:
+                if self.defer_nonfinite_check:
+                    self._raise_if_nonfinite(epoch, bad_batch, bad_loss)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        if self.defer_nonfinite_check:
+            self._raise_if_nonfinite(epoch, bad_batch, bad_loss)
         totals = self.dist.sum_(torch.stack([loss_sum, torch.tensor(float(count), device=self.device)]))
         return float(totals[0] / totals[1].clamp(min=1))
 
@@ -202,6 +227,11 @@ class Trainer:
     def _any_nonfinite(self, loss) -> bool:
         bad = (~torch.isfinite(loss.detach())).float()
         return bool(self.dist.any_(bad.reshape(1))[0]) if self.dist.enabled else bool(bad)
+
+    def _raise_if_nonfinite(self, epoch: int, bad_batch, bad_loss) -> None:
+        batch = int(bad_batch)  # the host sync, every log_every_n_steps steps
+        if batch >= 0:
+            self._nonfinite(epoch, batch, float(bad_loss))
 
     def _check_stop(self, epoch: int) -> None:
         """Raises Preempted at this batch boundary when a stop was asked for. Under DDP the
@@ -243,7 +273,10 @@ class Trainer:
     def _to_device(self, batch):
         nb = self.device.type == "cuda"
         moved = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if torch.is_tensor(v)}
-        return model_input(moved, self.info.modality), moved["mask"]
+        inputs = model_input(moved, self.info.modality)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, moved["mask"]
 
     def _autocast(self):
         if self.precision in PRECISION_DTYPES:
@@ -351,6 +384,13 @@ class Trainer:
                      self.best_epoch, test["test_mean_iou"], test["test_pixel_accuracy"])
         if self.dist.is_main:
             write_text_atomic(self.trial.metrics_file, json.dumps(summary, indent=2, allow_nan=True))
+
+
+def _note_first_nonfinite(loss, batch_idx: int, bad_batch, bad_loss):
+    """Device-side: keeps the index and value of the first batch whose loss is not finite."""
+    first = (~torch.isfinite(loss.detach())) & (bad_batch < 0)
+    return (torch.where(first, torch.full_like(bad_batch, batch_idx), bad_batch),
+            torch.where(first, loss.detach().float(), bad_loss))
 
 
 def _limited_len(loader, limit: Optional[int]) -> int:
