@@ -75,14 +75,23 @@ def run(quick: bool = False, steps: int = 0, repeats: int = 0) -> Result:
         optimizer = build_optimizer(cfg.optimizer, bare_model)
         scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
         ours_t, bare_t = [], []
-        for epoch in range(1, repeats + 2):  # the first round warms both up and is dropped
+        def time_ours(epoch):
             started = time.perf_counter()
             trainer.train_one_epoch(epoch)
-            ours = time.perf_counter() - started
+            return time.perf_counter() - started
+
+        def time_bare(_):
             started = time.perf_counter()
             bare_epoch(bare_model, batches, optimizer, scheduler, cfg.trainer.grad_clip_norm,
                        data.info.modality)
-            bare = time.perf_counter() - started
+            return time.perf_counter() - started
+
+        for epoch in range(1, repeats + 2):  # the first round warms both up and is dropped
+            # Alternate who goes first, so neither always inherits the warmer caches.
+            if epoch % 2:
+                ours, bare = time_ours(epoch), time_bare(epoch)
+            else:
+                bare, ours = time_bare(epoch), time_ours(epoch)
             if epoch > 1:
                 ours_t.append(ours)
                 bare_t.append(bare)
