@@ -28,7 +28,14 @@ def expand_latest(argv: List[str], config_dir: str, config_name: str = "train") 
     from hydra import compose, initialize_config_dir
 
     overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")
-                 and a.lstrip("+").split("=", 1)[0] != KEY and not a.startswith("hydra.")]
+                 and a.lstrip("+").split("=", 1)[0] != KEY and not a.startswith("hydra")]
+    if is_sweep(argv):
+        # Composing needs one value per key: drop the swept ones (they do not move the root).
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()
+                     and o.key_or_group != "hparams_search"]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         cfg = compose(config_name, overrides=overrides + [f"{KEY}={PLACEHOLDER}"])
     pattern = str(cfg.run_name)

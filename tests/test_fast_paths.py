@@ -23,7 +23,10 @@ def test_channels_last_computes_what_contiguous_does(tmp_path, cache):
     results = []
     for trainer in (plain, fast):
         inputs, target = trainer._to_device(batch)
-        trainer.model.train()
+        # Eval mode: BatchNorm with running statistics is well conditioned, so the comparison
+        # is tight; in train mode, BatchNorm over a 2-sample batch of 1x2 maps deep in the net
+        # amplifies the rounding of the other kernels into percent-level gradient noise.
+        trainer.model.eval()
         logits = trainer.model(inputs)
         loss = trainer.criterion(logits, target)
         loss.backward()
@@ -35,5 +38,5 @@ def test_channels_last_computes_what_contiguous_does(tmp_path, cache):
     # would give unrelated numbers).
     torch.testing.assert_close(y0, y1, rtol=1e-3, atol=1e-3)
     assert abs(l0 - l1) < 1e-4
-    for a, b in zip(g0, g1):  # element-wise tiny gradients are noisy; whole tensors agree
-        assert (a - b).norm() <= 5e-2 * a.norm() + 1e-6
+    flat0, flat1 = torch.cat([g.ravel() for g in g0]), torch.cat([g.ravel() for g in g1])
+    assert (flat0 - flat1).norm() <= 1e-4 * flat0.norm()
