@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,34 +34,27 @@ def final_state(run_dir: Path):
     return last, best, metrics
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache):
-    out = tmp_path_factory.mktemp("straight")
-    proc = train(out, cache, "straight")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return final_state(out / "unet_straight")
+def test_sigkilled_three_times_then_resumed_is_bit_identical(tmp_path, cache):
+    straight = train(tmp_path / "straight", cache, "straight")
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    ref_last, ref_best, ref_metrics = final_state(tmp_path / "straight" / "unet_straight")
 
+    # One run, killed three times, each restart resuming the previous one's checkpoint.
+    out, checkpoints = tmp_path / "k", tmp_path / "k" / "unet_k" / "checkpoints"
+    for crash_at, saved_epoch in (("train:2:1", 1),  # mid-epoch: epoch 2 is redone
+                                  ("val:2:0", 1),    # during validation, after training steps
+                                  ("save:3", 2)):    # writing epoch 3: last.pt stays epoch 2
+        killed = train(out, cache, "k", crash_at=crash_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == saved_epoch
+    assert list(checkpoints.glob(".last.pt.*.tmp")), "the kill should leave a temp file behind"
 
-@pytest.mark.parametrize("crash_at", [
-    "train:2:1",  # mid-epoch: the epoch is redone from last.pt (epoch 1)
-    "val:2:0",    # during validation, after the epoch's training steps
-    "save:2",     # during the checkpoint write: last.pt must still be epoch 1, intact
-])
-def test_sigkill_then_resume_is_bit_identical(crash_at, uninterrupted, tmp_path, cache):
-    killed = train(tmp_path, cache, "k", crash_at=crash_at)
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    checkpoints = tmp_path / "unet_k" / "checkpoints"
-    assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
-    if crash_at.startswith("save"):
-        assert list(checkpoints.glob(".last.pt.*.tmp")), "the kill should leave a temp file"
-
-    resumed = train(tmp_path, cache, "k")
+    resumed = train(out, cache, "k")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resumed from" in resumed.stdout + resumed.stderr
     assert not list(checkpoints.glob(".*.tmp"))
 
-    last, best, metrics = final_state(tmp_path / "unet_k")
-    ref_last, ref_best, ref_metrics = uninterrupted
+    last, best, metrics = final_state(out / "unet_k")
     assert metrics == ref_metrics
     for name, ref in ref_last["model"].items():
         assert torch.equal(last["model"][name], ref), name
