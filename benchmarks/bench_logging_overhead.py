@@ -40,7 +40,7 @@ def run_once(name: str, overrides: list, out: Path, index: int, epochs: int) -> 
 
 
 def run(quick: bool = False, repeats: int = 0, epochs: int = 0, overrides=()) -> Result:
-    repeats = repeats or 1
+    repeats = repeats or (1 if quick else 2)  # single epochs scatter by +-2 s on a shared 2-core machine
     epochs = epochs or 2  # the first epoch of each run is dropped (start-up), the second measured
     # Full default epochs: panels cost a fixed amount per epoch (10 batches per stage), so a
     # shortened epoch would overstate their share. --quick shortens anyway, as a smoke check.
