@@ -70,13 +70,13 @@ def evaluation_config(stored: dict, overrides: Sequence[str], checkpoint: Path):
                 f"{o.input_line}: the checkpoint fixes {o.key_or_group}; event-seg-evaluate "
                 f"swaps only {' and '.join(g + '=' for g in SWAPPABLE_GROUPS)} (set single keys "
                 f"with key=value)")
+    if not any(o.key_or_group.split(".")[0] == "logger" for o in parsed):
+        cfg.logger = {}  # the training run's trackers are not reused unless asked for
     if groups:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             fresh = compose("train", overrides=[o.input_line for o in groups])
         for o in groups:
             cfg[o.key_or_group] = fresh[o.key_or_group]
-    elif "logger" not in {o.key_or_group for o in parsed}:
-        cfg.logger = {}  # the training run's trackers are not reused unless asked for
     OmegaConf.set_struct(cfg, True)  # a typo'd key is an error, not a new key
     for o in parsed:
         if o in groups:

@@ -29,6 +29,12 @@ def train_cmd(out: Path, *overrides, multirun=True):
             f"paths.output_root={out}", "trainer.vis.num_batches=0", *overrides]
 
 
+def run_sweep(tmp_path: Path, cache, *overrides, multirun=True, **env):
+    """Runs the CLI to completion, as a user would, and returns the finished process."""
+    return subprocess.run(train_cmd(tmp_path, *overrides, multirun=multirun), cwd=REPO,
+                          env=sweep_env(cache, **env), capture_output=True, text=True, timeout=600)
+
+
 def summary(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 
@@ -81,11 +87,9 @@ def test_grid_sweep_jobs_runs_and_a_rerun_that_skips_and_resumes(tmp_path, cache
 
 
 def test_parallel_joblib_jobs_and_a_failing_job_does_not_stop_the_others(tmp_path, cache):
-    proc = subprocess.run(
-        train_cmd(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                  "logger=none", "trainer.epochs=1", "model.encoder_name=nope,resnet18",
-                  "trial_timestamp=par"),
-        cwd=REPO, env=sweep_env(cache), capture_output=True, text=True, timeout=600)
+    proc = run_sweep(tmp_path, cache, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "logger=none", "trainer.epochs=1", "model.encoder_name=nope,resnet18",
+                     "trial_timestamp=par")
     assert proc.returncode != 0  # the sweep reports that a job failed ...
     sweep = tmp_path / "multirun" / "par"
     good = sweep / "1_model.encoder_name=resnet18"
@@ -96,10 +100,8 @@ def test_parallel_joblib_jobs_and_a_failing_job_does_not_stop_the_others(tmp_pat
 
 
 def test_optuna_search_writes_its_results(tmp_path, cache):
-    proc = subprocess.run(
-        train_cmd(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "logger=none",
-                  "trainer.epochs=1", "trial_timestamp=opt", multirun=False),
-        cwd=REPO, env=sweep_env(cache), capture_output=True, text=True, timeout=600)
+    proc = run_sweep(tmp_path, cache, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                     "logger=none", "trainer.epochs=1", "trial_timestamp=opt", multirun=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = tmp_path / "multirun" / "opt"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -116,11 +118,9 @@ def test_optuna_search_writes_its_results(tmp_path, cache):
 
 
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, cache):
-    proc = subprocess.run(
-        train_cmd(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-                  "logger=tensorboard", "trainer.epochs=1", "optimizer.lr=1e-3,3e-4",
-                  "trial_timestamp=sub"),
-        cwd=REPO, env=sweep_env(cache), capture_output=True, text=True, timeout=600)
+    proc = run_sweep(tmp_path, cache, "hydra/launcher=submitit_local",
+                     "hydra.launcher.timeout_min=10", "logger=tensorboard", "trainer.epochs=1",
+                     "optimizer.lr=1e-3,3e-4", "trial_timestamp=sub")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = tmp_path / "multirun" / "sub"
     for name in ("0_optimizer.lr=0.001", "1_optimizer.lr=0.0003"):

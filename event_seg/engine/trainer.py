@@ -308,7 +308,8 @@ class Trainer:
         }
 
     def _save(self, epoch: int, improved: bool) -> None:
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        # One host sync for the whole model, not one per parameter tensor.
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()):
             raise NonFiniteLossError(
                 f"the weights are no longer finite after epoch {epoch}; not saving them over "
                 f"{self.trial.last_checkpoint}. Lower optimizer.lr")
