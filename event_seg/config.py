@@ -162,17 +162,12 @@ class TrainConfig:
     run_name: str = MISSING
 
 
-def job_dir_name(num, override_dirname, model_name) -> str:
-    """A multirun job's folder (and tracker display name): ``<num>_<overrides>``, or
-    ``<num>_<model>`` for a job without overrides; ``/`` in a value would make a subfolder."""
-    overrides = str(override_dirname or "").replace("/", "-")
-    return f"{num}_{overrides or model_name}"
-
-
 def register_schemas() -> None:
     ConfigStore.instance().store(group="schema", name="train", node=TrainConfig)
     # Used by hydra.sweep.subdir in train.yaml; registered wherever this module is imported,
     # which includes every launcher process that unpickles the task function.
+    from .job_names import job_dir_name
+
     OmegaConf.register_new_resolver("es_job_dir", job_dir_name, replace=True)
 
 
@@ -193,10 +188,77 @@ CHOICES: Dict[str, tuple] = {
 }
 
 
+# Architectures with a BatchNorm after global pooling (ASPP, PPM, PAN's attention): in training
+# they need at least two samples per batch and device (measured with smp 0.6 on CPU).
+NEEDS_TWO_SAMPLES = ("DeepLabV3", "DeepLabV3Plus", "PAN", "UPerNet")
+
+
+def unknown_keys(cfg: DictConfig) -> List[str]:
+    """Keys the schema does not know. Struct mode refuses a typo, but ``+key=value`` (what
+    Hydra's own message suggests for one) adds it anyway, and nothing would ever read it."""
+    found: List[str] = []
+
+    def walk(node, schema, prefix):
+        for key in node.keys():
+            name = f"{prefix}{key}"
+            if key not in schema.keys():
+                found.append(name)
+                continue
+            child, expected = node._get_node(key), schema._get_node(key)
+            # Only structured (dataclass) nodes have a fixed key set; Dict fields are open.
+            if (isinstance(child, DictConfig) and isinstance(expected, DictConfig)
+                    and OmegaConf.get_type(expected) not in (dict, None)):
+                walk(child, expected, name + ".")
+
+    walk(cfg, OmegaConf.structured(TrainConfig), "")
+    return [key for key in found if key != "hydra"]  # Hydra's own node, when composed with it
+
+
+def refuse_unknown_keys(cfg: DictConfig) -> None:
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(unknown_key_message(unknown))
+
+
+def unknown_key_message(keys: List[str]) -> str:
+    """``unknown config key: trainer.epoch (did you mean trainer.epochs?) ...``"""
+    import difflib
+
+    schema_keys = _all_keys(OmegaConf.structured(TrainConfig))
+    hints = []
+    for key in keys:
+        close = difflib.get_close_matches(key, schema_keys, n=1)
+        hints.append(key + (f" (did you mean {close[0]}?)" if close else ""))
+    return (f"unknown config key{'s' if len(keys) > 1 else ''}: {', '.join(hints)}; the schema "
+            f"has no such key, so nothing would read it")
+
+
+def _all_keys(node, prefix: str = "") -> List[str]:
+    keys = []
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and OmegaConf.get_type(child) not in (dict, None):
+            keys += _all_keys(child, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def make_paths_absolute(cfg: DictConfig) -> None:
+    """Stores ``dataset.root`` and ``paths.cache_dir`` as absolute paths, so the saved config
+    works from any folder (event-seg-evaluate, a resume, a launcher's working directory)."""
+    import os
+
+    if cfg.dataset.root is not None:
+        cfg.dataset.root = os.path.abspath(os.path.expanduser(str(cfg.dataset.root)))
+    cfg.paths.cache_dir = os.path.abspath(os.path.expanduser(str(cfg.paths.cache_dir)))
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks what the types alone cannot; raises ConfigError naming the key."""
     from omegaconf import OmegaConf
 
+    refuse_unknown_keys(cfg)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -220,6 +282,12 @@ def validate(cfg: DictConfig) -> None:
         if cfg.dataset[key] % 32:
             raise ConfigError(f"dataset.{key}={cfg.dataset[key]} must be a multiple of 32 "
                               f"(the encoder's output stride)")
+    _validate_schedule(cfg.scheduler)
+    _validate_precision(cfg.trainer)
+    if cfg.model.arch in NEEDS_TWO_SAMPLES and cfg.trainer.batch_size < 2:
+        raise ConfigError(f"model.arch={cfg.model.arch} normalises pooled features over the batch "
+                          f"and needs trainer.batch_size >= 2 (per device); got "
+                          f"{cfg.trainer.batch_size}")
     if cfg.trainer.vis.num_batches < 0 or cfg.trainer.vis.max_samples < 1:
         raise ConfigError("trainer.vis.num_batches must be >= 0 and trainer.vis.max_samples >= 1")
     if cfg.trainer.inference.every_n_epochs < 1:
@@ -258,3 +326,28 @@ def validate(cfg: DictConfig) -> None:
     for split in ("train", "val"):
         if split not in cfg.dataset.splits:
             raise ConfigError(f"dataset.splits has no '{split}' entry")
+
+
+def _validate_schedule(scheduler) -> None:
+    if not 0.0 <= scheduler.min_lr_ratio <= 1.0:
+        raise ConfigError(f"scheduler.min_lr_ratio={scheduler.min_lr_ratio} must be between 0 "
+                          f"and 1 (the final rate as a share of optimizer.lr)")
+    if scheduler.power <= 0:
+        raise ConfigError(f"scheduler.power={scheduler.power} must be positive (0.9 is usual)")
+    if scheduler.warmup_epochs < 0:
+        raise ConfigError(f"scheduler.warmup_epochs={scheduler.warmup_epochs} must be >= 0")
+
+
+def _validate_precision(trainer) -> None:
+    """Half precision runs as CUDA autocast only: refuse it now, not after the data is built."""
+    if trainer.precision in ("auto", "fp32"):
+        return
+    if trainer.device == "cpu":
+        raise ConfigError(f"trainer.precision={trainer.precision} needs a CUDA device, and "
+                          f"trainer.device=cpu; use trainer.precision=fp32 or auto on CPU")
+    if trainer.device == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.precision={trainer.precision} needs a CUDA device and "
+                              f"none is visible; use trainer.precision=fp32 or auto")

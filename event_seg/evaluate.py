@@ -13,6 +13,11 @@ prediction) to ``<output_dir>/panels/``. ``output_dir`` defaults to ``<run folde
 Overrides go on top of the stored config: ``key=value`` for single keys (``dataset.root``,
 ``trainer.batch_size``, ``trainer.vis.num_batches``, ...), and the groups ``dataset=`` (another
 preset) and ``logger=`` (send the results to those trackers as well; none by default).
+
+The whole split is scored whatever the training run's ``trainer.limit_batches`` was; pass
+``trainer.limit_batches=N`` here to score only the first N batches (``samples`` in metrics.json
+then says how many were scored, ``split_samples`` how many the split holds). A relative
+``dataset.root`` is taken from the current folder.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -34,10 +40,18 @@ OWN_ARGS = ("checkpoint", "split", "output_dir")
 SWAPPABLE_GROUPS = ("dataset", "logger")
 
 
+def usage() -> str:
+    return "usage: " + (__doc__ or "event-seg-evaluate checkpoint=<path> [overrides]").replace(
+        "``", "").strip() + "\n"
+
+
 def split_arguments(argv: Sequence[str]) -> Tuple[dict, List[str]]:
     """Separates this command's own ``key=value`` arguments from the config overrides."""
     own, overrides = {}, []
     for arg in argv:
+        if arg.startswith("-"):
+            raise ConfigError(f"unknown option {arg}: event-seg-evaluate takes key=value "
+                              f"arguments only (see event-seg-evaluate --help)")
         key, sep, value = arg.partition("=")
         if sep and key in OWN_ARGS:
             own[key] = value
@@ -50,7 +64,11 @@ def split_arguments(argv: Sequence[str]) -> Tuple[dict, List[str]]:
 
 
 def evaluation_config(stored: dict, overrides: Sequence[str], checkpoint: Path):
-    """The stored training config, typed by the schema, with the overrides applied."""
+    """The stored training config, typed by the schema, with the overrides applied.
+
+    ``trainer.limit_batches`` is not taken from training (the whole split is scored) unless it is
+    among the overrides, and a relative ``dataset.root`` override is made absolute against the
+    current folder."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
@@ -61,6 +79,7 @@ def evaluation_config(stored: dict, overrides: Sequence[str], checkpoint: Path):
     if not stored:
         raise ConfigError(f"{checkpoint} holds no training config (not written by event-seg-train)")
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), stored)
+    cfg.trainer.limit_batches = None  # a short training run must not shorten the evaluation
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = [o for o in parsed if "." not in o.key_or_group and
               (Path(CONFIG_DIR) / o.key_or_group).is_dir()]
@@ -82,7 +101,15 @@ def evaluation_config(stored: dict, overrides: Sequence[str], checkpoint: Path):
         if o in groups:
             continue
         OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+    if any(o.key_or_group == "dataset.root" for o in parsed) and cfg.dataset.root is not None:
+        # The user's path means the folder it names from here, wherever the run is written.
+        cfg.dataset.root = os.path.abspath(os.path.expanduser(str(cfg.dataset.root)))
     return cfg
+
+
+def planned_samples(split_size: int, limit_batches: Optional[int], batch_size: int) -> int:
+    """How many samples one process scores with ``trainer.limit_batches``."""
+    return split_size if limit_batches is None else min(split_size, limit_batches * batch_size)
 
 
 def output_folder(checkpoint: Path, split: str, chosen: Optional[str]) -> Path:
@@ -153,15 +180,22 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     panels = PanelFiles(out / "panels")
     group.loggers.insert(0, panels)
     loggers = BackgroundLogging(group, render=panel_renderer(data.info))
+    split_size = data.info.split_sizes[split]
+    limit = cfg.trainer.limit_batches
+    planned = planned_samples(split_size, limit, cfg.trainer.batch_size)
     exit_code = 1
     try:
         trainer = Trainer(cfg, model, data, loggers=loggers, trial=trial, full_config=resolved)
-        log.info("Evaluating %s (epoch %d) on %s/%s: %d samples", checkpoint, epoch,
-                 data.info.name, split, data.info.split_sizes[split])
+        log.info("Evaluating %s (epoch %d) on %s/%s: %s", checkpoint, epoch, data.info.name,
+                 split, f"{planned} samples" if planned == split_size else
+                 f"{planned} of {split_size} samples (trainer.limit_batches={limit})")
         with trainer.stop:
             metrics = trainer.evaluate(data.loaders[split], split, epoch)
+        scored = getattr(trainer, "scored_samples", None)
+        scored = planned if scored is None else int(scored)
         loggers.log_config(resolved, {"checkpoint": str(checkpoint), "split": split,
-                                      "epoch": epoch})
+                                      "epoch": epoch, "samples": scored,
+                                      "split_samples": split_size})
         loggers.log_metrics(metrics, epoch)
         exit_code = 0
     finally:
@@ -173,7 +207,8 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
         "epoch": epoch,
         "split": split,
         "dataset": data.info.name,
-        "samples": data.info.split_sizes[split],
+        "samples": scored,
+        "split_samples": split_size,
         "loss": metrics[f"{split}_loss"],
         "mean_iou": metrics[f"{split}_mean_iou"],
         "weighted_mean_iou": metrics[f"{split}_weighted_mean_iou"],
@@ -185,11 +220,17 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(per_class_table(metrics, split, data.info.class_names))
+    if scored != split_size:
+        print(f"scored {scored} of {split_size} samples (trainer.limit_batches={limit})")
     print(f"wrote {out / 'metrics.json'} and {len(panels.written)} panel(s) in {panels.folder}")
     return result
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        sys.stdout.write(usage())
+        return 0
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -197,7 +238,7 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        own, overrides = split_arguments(sys.argv[1:] if argv is None else argv)
+        own, overrides = split_arguments(argv)
         evaluate(Path(own["checkpoint"]), own.get("split", "test"), overrides,
                  own.get("output_dir"))
     except (HydraException, OmegaConfBaseException, EventSegError) as e:

@@ -1,4 +1,6 @@
-"""``event-seg-prepare [overrides]``: precompute the event tensors of every split.
+"""``event-seg-prepare [overrides]``
+
+Precomputes the event tensors of every split:
 
     event-seg-prepare dataset=event_scapes dataset.root=/data/EventScape dataset.num_bins=10
 
@@ -15,6 +17,11 @@ import sys
 from .errors import EventSegError
 
 log = logging.getLogger("event_seg.prepare")
+
+
+def usage() -> str:
+    return "usage: " + (__doc__ or "event-seg-prepare [overrides]").replace(
+        "``", "").strip() + "\n"
 
 
 def prepare(cfg) -> dict:
@@ -46,6 +53,15 @@ def prepare(cfg) -> dict:
 
 
 def main(argv=None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in overrides or "--help" in overrides:
+        sys.stdout.write(usage())
+        return 0
+    options = [arg for arg in overrides if arg.startswith("-")]
+    if options:  # Hydra would take it for an override and fail with a parser error
+        print(f"error: unknown option {options[0]}: event-seg-prepare takes key=value overrides "
+              f"only (see event-seg-prepare --help)", file=sys.stderr)
+        return 2
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -53,7 +69,6 @@ def main(argv=None) -> int:
     from .train import CONFIG_DIR
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides = list(sys.argv[1:] if argv is None else argv)
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)

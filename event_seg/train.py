@@ -24,11 +24,14 @@ log = logging.getLogger("event_seg")
 def run(cfg: DictConfig) -> float:
     """Trains one configured run and returns its best ``val_mean_iou`` (what sweepers optimise)."""
     _config.validate(cfg)
+    _config.make_paths_absolute(cfg)  # evaluate, resume and sweeps may start elsewhere
 
     from . import distributed
     from .data import build_data
     from .engine.trainer import Trainer
-    from .engine.trial import Trial, check_output_folder
+    from .engine import folder_lock
+    from .engine.resume_rules import check_epochs, check_same_experiment
+    from .engine.trial import Trial, check_output_folder, write_text_atomic
     from .loggers import build_loggers
     from .loggers.background import BackgroundLogging
     from .models import build_model, count_parameters
@@ -39,17 +42,28 @@ def run(cfg: DictConfig) -> float:
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one rank reports; the others warn
     trial = Trial.from_config(cfg)
-    done = trial.finished_summary(cfg.trainer.epochs)
-    if done is not None:
-        # A re-run sweep (or a repeated command) does not train a finished job again.
-        log.info("%s already finished %d epochs (best val_mean_iou %.4f); skipping it. Delete "
-                 "its metrics.json or use another trial_timestamp to train again",
-                 trial.run_dir, cfg.trainer.epochs, done["best_val_mean_iou"])
-        return float(done["best_val_mean_iou"])
+    if ctx.is_main:
+        folder_lock.hold(trial.run_dir)  # one live process per run folder (main() took it)
     # Everything that leaves the process is built from the resolved, secret-free copy.
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    # A folder holds one experiment: what it holds must be what this command asks for.
+    way_out = trial.way_out(command_line(trial_timestamp=None))
+    saved, saved_epoch, source = trial.saved_settings()
+    if saved is not None:
+        check_same_experiment(saved, resolved, source, way_out)
+    done = trial.finished_summary()
+    if done is not None and done.get("epochs") == cfg.trainer.epochs:
+        # A re-run sweep (or a repeated command) does not train a finished job again.
+        log.info("%s already finished %d epochs (best val_mean_iou %.4f); skipping it. To train "
+                 "again, %s", trial.run_dir, cfg.trainer.epochs, done["best_val_mean_iou"],
+                 way_out)
+        return float(done["best_val_mean_iou"])
+    planned = (saved or {}).get("trainer", {}).get("epochs") if source == trial.last_checkpoint else None
+    check_epochs(cfg.trainer.epochs, saved_epoch, planned, done and done.get("epochs"),
+                 trial.run_dir, way_out)
     if ctx.is_main:
-        (trial.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        write_text_atomic(trial.run_dir / "config.yaml",
+                          OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
     if not ctx.is_main:
         ctx.barrier()  # rank 0 generates or indexes the data first; the others then read it
@@ -101,6 +115,12 @@ def run(cfg: DictConfig) -> float:
 
 def resume_command(trial) -> str:
     """The command line that continues this run: its overrides, pinned to its timestamp."""
+    return command_line(trial_timestamp=trial.timestamp)
+
+
+def command_line(trial_timestamp=None) -> str:
+    """This job's command: its overrides, with ``trial_timestamp`` pinned to the value given
+    (None: left out, which starts a new trial in a fresh folder)."""
     import shlex
 
     overrides = []
@@ -111,7 +131,7 @@ def resume_command(trial) -> str:
                      if not o.lstrip("+~").startswith("trial_timestamp=")]
     except ValueError:
         pass
-    args = [*overrides, f"trial_timestamp={trial.timestamp}"]
+    args = [*overrides, *([f"trial_timestamp={trial_timestamp}"] if trial_timestamp else [])]
     from .distributed import is_distributed
 
     if is_distributed():
@@ -145,13 +165,12 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def main() -> None:
     """The console script and ``python -m event_seg.train``."""
     from .distributed import agree_on_timestamp, rank
+    from .launch import settle
 
     try:
-        if any(a.endswith("trial_timestamp=latest") for a in sys.argv[1:]):
-            from .latest import expand_latest
-
-            sys.argv = expand_latest(sys.argv, CONFIG_DIR)
-        sys.argv = pin_trial_timestamp(sys.argv, agree_on_timestamp)
+        # Checks the command in one line, pins trial_timestamp (``${now:}`` would be evaluated
+        # by each SLURM requeue and each torchrun rank) and claims the run folder.
+        sys.argv = settle(sys.argv, CONFIG_DIR, main_rank=rank() == 0, agree=agree_on_timestamp)
         sys.argv = name_jobs_by_swept_keys(sys.argv)
         if rank() > 0:  # rank 0 writes .hydra/ for the job
             sys.argv = pin_override(sys.argv, "hydra.output_subdir=null")
@@ -159,22 +178,6 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     hydra_main()
-
-
-def pin_trial_timestamp(argv, agree=lambda ts: ts):
-    """Adds ``trial_timestamp=<now>`` unless the command names one.
-
-    ``${now:}`` in the config would be evaluated by each process that resolves it: a SLURM job
-    requeued an hour later, or the ranks of a torchrun job, would each get a folder of their own.
-    A literal on the command line travels with every job and requeue; ``agree`` lets DDP ranks
-    take rank 0's.
-    """
-    import datetime
-
-    if any(a.lstrip("+").startswith("trial_timestamp=") for a in argv[1:]):
-        return argv
-    timestamp = agree(datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
-    return pin_override(argv, f"trial_timestamp={timestamp}")
 
 
 # Never part of a sweep job's folder name: they do not change what is trained.

@@ -4,6 +4,7 @@ validation metrics that equal a single-process evaluation of the saved checkpoin
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,3 +86,26 @@ def test_sampler_covers_evaluation_splits_exactly_once(size, world):
              for r in range(world)]
     assert len({len(s) for s in train}) == 1  # equal step counts on every rank
     assert len({i for s in train for i, _ in s}) == len(sum(train, []))  # no sample twice
+
+
+def test_uneven_evaluation_shards_give_single_process_metrics(tmp_path):
+    """Splits of 1, 3 and 5 samples on 2 ranks (one rank a batch short, or with nothing at
+    all): no collective mismatch, and the metrics of one process scoring the split alone."""
+    out = tmp_path / "metrics.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+         str(REPO / "tests" / "scripts" / "ddp_uneven_eval.py"), str(out)],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert [(r["size"], r["batch"]) for r in results] == [(1, 1), (1, 2), (3, 1), (3, 2),
+                                                          (5, 1), (5, 2)]
+    for r in results:
+        assert r["scored"] == r["size"]
+        for key, value in r["single"].items():
+            if math.isnan(value):
+                assert math.isnan(r["sharded"][key]), (r["size"], r["batch"], key)
+            else:
+                assert r["sharded"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (
+                    r["size"], r["batch"], key)

@@ -70,6 +70,40 @@ def test_evaluate_other_split_with_overrides(trained, cache, tmp_path):
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert result["split"] == "val"
     assert [p.name for p in (tmp_path / "v" / "panels").glob("*.png")] == ["val_batch_00.png"]
+    # The run trained with trainer.limit_batches=2 (debug=smoke): with batches of 1 that would
+    # be 2 samples. Evaluation ignores it and scores all 3 (1 sequence of 4 frames, the first
+    # has no events window).
+    assert result["samples"] == result["split_samples"] == 3
+    assert "scored" not in proc.stdout
+
+
+def test_evaluate_limit_batches_only_when_asked(trained, cache, tmp_path, capsys, monkeypatch):
+    from event_seg.evaluate import main
+
+    monkeypatch.setenv("EVENT_SEG_CACHE", str(cache))
+    code = main([f"checkpoint={trained / 'checkpoints' / 'best.pt'}", f"output_dir={tmp_path}",
+                 "trainer.limit_batches=1", "trainer.vis.num_batches=0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert (result["samples"], result["split_samples"]) == (2, 3)  # one batch of 2
+    assert "scored 2 of 3 samples (trainer.limit_batches=1)" in out
+
+
+def test_evaluate_config_whole_split_and_absolute_root(trained, tmp_path, monkeypatch):
+    from event_seg.engine.checkpoint import load_checkpoint
+    from event_seg.evaluate import evaluation_config
+
+    best = trained / "checkpoints" / "best.pt"
+    stored = load_checkpoint(best)["config"]
+    assert stored["trainer"]["limit_batches"] == 2
+    assert evaluation_config(stored, [], best).trainer.limit_batches is None
+    assert evaluation_config(stored, ["trainer.limit_batches=1"], best).trainer.limit_batches == 1
+    monkeypatch.chdir(tmp_path)
+    cfg = evaluation_config(stored, ["dataset.root=data/../sets/synthetic"], best)
+    assert cfg.dataset.root == os.path.join(os.getcwd(), "sets", "synthetic")
+    cfg = evaluation_config(stored, ["dataset=event_scapes", "dataset.root='~/EventScape'"], best)
+    assert cfg.dataset.root == os.path.join(os.path.expanduser("~"), "EventScape")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -28,6 +29,8 @@ def test_nan_loss_stops_naming_epoch_and_batch(tmp_path, cache):
     assert "at epoch 1, batch 1" in output or "after epoch 1" in output, output
     assert "Traceback" not in output
     assert not (tmp_path / "unet_nan" / "checkpoints" / "last.pt").exists()
+    if "at epoch 1, batch 1" in output:  # stopped before any epoch was saved
+        assert "no checkpoint was written yet" in output and "keeps" not in output
 
 
 def test_resuming_with_another_optimizer_is_refused_clearly(tmp_path, cache):
@@ -35,7 +38,8 @@ def test_resuming_with_another_optimizer_is_refused_clearly(tmp_path, cache):
     proc = run_cli("trainer.epochs=2", "optimizer=sgd", out=tmp_path, cache=cache)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output
-    assert "was trained with optimizer.name=adamw, this run asks for sgd" in output
+    assert "trained with other settings: " in output and "optimizer.name (adamw -> sgd)" in output
+    assert len(output.strip().splitlines()) == 1, output
 
 
 def make_trainer(tmp_path, cache, *overrides):
@@ -106,3 +110,35 @@ def test_deferred_check_names_the_same_first_bad_batch(tmp_path, cache, deferred
     with pytest.raises(NonFiniteLossError, match="at epoch 2, batch 1"):
         trainer.fit()
     assert trainer.trial.last_checkpoint.read_bytes() == good
+
+
+def blank_masks(trainer, batches):
+    """The training loader's batches, with every pixel of the given ones ignored."""
+    loader = list(trainer.data.loaders["train"])[:trainer.steps_per_epoch]
+    for i in batches:
+        loader[i] = {**loader[i], "mask": torch.full_like(loader[i]["mask"], 255)}
+    trainer.data.loaders["train"] = loader
+
+
+def test_a_batch_without_labelled_pixels_gives_no_loss_and_no_step(tmp_path, cache):
+    trainer = make_trainer(tmp_path, cache, "trainer.epochs=1")
+    blank_masks(trainer, [0])
+    loss = trainer.train_one_epoch(1)
+    assert math.isfinite(loss)
+    assert trainer.empty_batches == 1
+    assert trainer.global_step == trainer.steps_per_epoch - 1  # no optimizer step for it
+
+
+@pytest.mark.parametrize("cause", ["nonfinite", "unlabelled"])
+def test_an_epoch_whose_batches_were_all_skipped_stops_with_a_message(tmp_path, cache, cause):
+    from event_seg.errors import NonFiniteLossError
+
+    trainer = make_trainer(tmp_path, cache, "trainer.nonfinite=skip", "trainer.epochs=1")
+    if cause == "nonfinite":
+        nan_on_calls(trainer, set(range(1, 10)))
+    else:
+        blank_masks(trainer, range(trainer.steps_per_epoch))
+    with pytest.raises(NonFiniteLossError, match="no batch of epoch 1 was trained") as err:
+        trainer.fit()  # not a train_loss of 0.0000
+    assert "no checkpoint was written yet" in str(err.value)
+    assert not trainer.trial.last_checkpoint.exists()

@@ -68,11 +68,13 @@ def link_checkpoint(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
+def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
+    """Loads a checkpoint as data; ``mmap`` leaves the tensors on disk until touched (for reading
+    the config and epoch alone)."""
     import torch
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except IsADirectoryError:

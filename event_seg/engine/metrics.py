@@ -16,8 +16,11 @@ class SegmentationMetrics:
         from torchmetrics.classification import MulticlassConfusionMatrix
 
         self.class_names = class_names
+        # Summed over DDP ranks by the caller (compute's reduce): torchmetrics' own sync would
+        # be a collective that ranks with uneven shares must reach in step.
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
-                                                   validate_args=False).to(device)
+                                                   validate_args=False,
+                                                   sync_on_compute=False).to(device)
 
     def update(self, logits, target) -> None:
         self.confusion.update(logits.argmax(dim=1), target)
@@ -25,10 +28,14 @@ class SegmentationMetrics:
     def reset(self) -> None:
         self.confusion.reset()
 
-    def compute(self, prefix: str) -> Dict[str, float]:
+    def compute(self, prefix: str, reduce=None) -> Dict[str, float]:
+        """``reduce`` sums the confusion matrix over DDP ranks (in place) when given."""
         import torch
 
-        cm = self.confusion.compute().double()  # rows: target, columns: prediction
+        cm = self.confusion.confmat.clone()  # rows: target, columns: prediction
+        if reduce is not None:
+            cm = reduce(cm)
+        cm = cm.double()
         tp = cm.diag()
         target_count = cm.sum(dim=1)
         union = target_count + cm.sum(dim=0) - tp

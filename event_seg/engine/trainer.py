@@ -97,6 +97,8 @@ class Trainer:
         self.best_epoch = 0
         self.epoch_times: list = []  # seconds per epoch run in this process (benchmarks read them)
         self.skipped_batches = 0  # batches with a non-finite loss (trainer.nonfinite=skip)
+        self.empty_batches = 0  # training batches without a labelled pixel (skipped)
+        self.scored_samples = 0  # samples the last evaluate() scored, over all ranks
         self.saved_epoch = 0  # the epoch last.pt holds (0: none yet)
         self.stop = StopRequest()
         # Where a host sync per step costs (CUDA), and nothing is skipped (nonfinite=stop), the
@@ -123,6 +125,8 @@ class Trainer:
             metrics = {"train_loss": train_loss, **val, "learning_rate": lr}
             if self.skipped_batches:
                 metrics["skipped_nonfinite_batches"] = self.skipped_batches
+            if self.empty_batches:
+                metrics["skipped_unlabelled_batches"] = self.empty_batches
             if self._inference_due(epoch):
                 metrics.update(self.evaluate(self.data.loaders["test"], "inference", epoch))
             metrics["epoch_time_s"] = time.perf_counter() - started
@@ -157,10 +161,17 @@ class Trainer:
         every = max(t.log_every_n_steps, 1)
         bar = self._progress(loader, f"epoch {epoch}/{t.epochs} train", self.steps_per_epoch)
         for batch_idx, batch in enumerate(bar):
+            if self._no_labelled_pixel(batch):
+                # Nothing to learn from (a mean over zero pixels is NaN): no loss, no step.
+                self.empty_batches += 1
+                log.warning("Skipped batch %d of epoch %d: no labelled pixel (%d such batches "
+                            "so far)", batch_idx, epoch, self.empty_batches)
+                self._check_stop(epoch)
+                continue
             inputs, target = self._to_device(batch)
             with self._autocast():
                 logits = self.train_model(inputs)
-                loss = self.criterion(logits, target)
+                loss = self._loss(logits, target)
             if self.defer_nonfinite_check:
                 # GPU, nonfinite=stop: note the first bad batch on the device and look every
                 # log_every_n_steps steps, so the step itself never waits for the host.
@@ -177,8 +188,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.scheduler.step()
             self.global_step += 1
+            self.scheduler.apply(self.global_step)  # the rate of the next step
             self._check_stop(epoch)  # a requested stop lands here, between two batches
             crash_point("train", epoch, batch_idx)
             self._visualize("train", batch_idx, epoch, batch, logits)
@@ -193,11 +204,20 @@ class Trainer:
         if self.defer_nonfinite_check:
             self._raise_if_nonfinite(epoch, bad_batch, bad_loss)
         totals = self.dist.sum_(torch.stack([loss_sum, torch.tensor(float(count), device=self.device)]))
-        return float(totals[0] / totals[1].clamp(min=1))
+        if not int(totals[1]):
+            raise NonFiniteLossError(
+                f"no batch of epoch {epoch} was trained: all were skipped ({self.skipped_batches} "
+                f"with a non-finite loss, {self.empty_batches} without a labelled pixel so far); "
+                f"{self._kept_checkpoint()}. Lower optimizer.lr, or check the labels")
+        return float(totals[0] / totals[1])
 
     @torch.no_grad()
     def evaluate(self, loader, prefix: str, epoch: int, visualize: bool = True) -> Dict[str, float]:
-        """Loss and segmentation metrics over ``loader``, named ``<prefix>_...``."""
+        """Loss and segmentation metrics over ``loader``, named ``<prefix>_...``.
+
+        Sets ``scored_samples``: the samples scored, over all ranks (``limit_batches`` may cut
+        the split short).
+        """
         t = self.cfg.trainer
         self.model.eval()
         self.dist.broadcast_buffers(self.model)  # every rank scores rank 0's (saved) model
@@ -205,23 +225,42 @@ class Trainer:
                                       self.info.class_names, self.device)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         pixels = torch.zeros((), device=self.device, dtype=torch.float64)
+        samples = torch.zeros((), device=self.device, dtype=torch.float64)
         total = _limited_len(loader, t.limit_batches)
-        bar = self._progress(loader, f"epoch {epoch}/{t.epochs} {prefix}", total)
-        for batch_idx, batch in enumerate(bar):
-            inputs, target = self._to_device(batch)
-            with self._autocast():
-                logits = self.model(inputs)
-            loss_sum += self.pixel_loss_sum(logits.float(), target).double()
-            pixels += (target != self.info.ignore_index).sum()
+        # Evaluation shards are uneven (every sample once): a rank may have a batch less than
+        # another. The per-batch stop agreement is a collective, so every rank goes round as
+        # often as the busiest one; a rank out of batches only takes part in the agreement.
+        rounds = self._most_batches_of_any_rank(total)
+        batches = iter(self._progress(loader, f"epoch {epoch}/{t.epochs} {prefix}", total))
+        for batch_idx in range(rounds):
+            batch = next(batches, None)
+            if batch is not None:
+                inputs, target = self._to_device(batch)
+                with self._autocast():
+                    logits = self.model(inputs)
+                loss_sum += self.pixel_loss_sum(logits.float(), target).double()
+                pixels += (target != self.info.ignore_index).sum()
+                samples += target.shape[0]
             self._check_stop(epoch)
+            if batch is None:
+                continue
             crash_point(prefix, epoch, batch_idx)
             if visualize:
                 self._visualize(prefix, batch_idx, epoch, batch, logits)
             metrics.update(logits.float(), target)
-        totals = self.dist.sum_(torch.stack([loss_sum, pixels]))
-        # The confusion matrix is summed over the ranks by torchmetrics itself.
+        for _ in batches:  # closes the progress bar
+            pass
+        totals = self.dist.sum_(torch.stack([loss_sum, pixels, samples]))
+        self.scored_samples = int(totals[2])
+        # Summed over the ranks here, by one collective every rank reaches.
         return {f"{prefix}_loss": float(totals[0] / totals[1].clamp(min=1)),
-                **metrics.compute(prefix)}
+                **metrics.compute(prefix, reduce=self.dist.sum_)}
+
+    def _most_batches_of_any_rank(self, batches: int) -> int:
+        if not self.dist.enabled:
+            return batches
+        most = torch.tensor([float(batches)], device=self.device)
+        return int(self.dist.any_(most)[0])  # a MAX over the ranks
 
     # -- helpers ------------------------------------------------------------------------------
     def _any_nonfinite(self, loss) -> bool:
@@ -244,6 +283,26 @@ class Trainer:
                 self.stop.signum = signum
         self.stop.check(epoch)
 
+    def _loss(self, logits, target):
+        if not self.dist.enabled:
+            return self.criterion(logits, target)
+        # A rank whose batch has no labelled pixel still steps with the others (DDP needs every
+        # rank in each gradient all-reduce): its loss is 0, not the NaN of a mean over nothing.
+        labelled = (target != self.info.ignore_index).sum().clamp(min=1)
+        return self.pixel_loss_sum(logits, target) / labelled
+
+    def _no_labelled_pixel(self, batch) -> bool:
+        """Checked on the loader's CPU mask, so no device sync. Alone only: under DDP a rank
+        with such a batch still steps with the others (its loss is zero, see _loss)."""
+        if self.dist.enabled:
+            return False
+        return not bool((batch["mask"] != self.info.ignore_index).any())
+
+    def _kept_checkpoint(self) -> str:
+        if self.saved_epoch:
+            return f"{self.trial.last_checkpoint} keeps epoch {self.saved_epoch}, the last good one"
+        return "no checkpoint was written yet (that happens at the end of an epoch)"
+
     def _nonfinite(self, epoch: int, batch_idx: int, value: float) -> None:
         if self.cfg.trainer.nonfinite == "skip":
             self.skipped_batches += 1
@@ -251,9 +310,9 @@ class Trainer:
                         batch_idx, epoch, value, self.skipped_batches)
             return
         raise NonFiniteLossError(
-            f"loss became {value} at epoch {epoch}, batch {batch_idx}; stopped without saving, "
-            f"so {self.trial.last_checkpoint} keeps the last good epoch. Lower optimizer.lr, or "
-            f"set trainer.nonfinite=skip to skip such batches")
+            f"loss became {value} at epoch {epoch}, batch {batch_idx}; stopped without saving: "
+            f"{self._kept_checkpoint()}. Lower optimizer.lr, or set trainer.nonfinite=skip to "
+            f"skip such batches")
 
     def _visualize(self, stage: str, batch_idx: int, epoch: int, batch: dict, logits) -> None:
         """Hands the first samples of an early batch to the logging thread for panels.
@@ -321,7 +380,11 @@ class Trainer:
         self.dist.barrier()
 
     def resume_if_possible(self) -> None:
-        """Restores everything from ``last.pt`` when the trial folder holds one."""
+        """Restores everything from ``last.pt`` when the trial folder holds one.
+
+        train.run has already refused a checkpoint trained with other settings
+        (resume_rules.py); what may differ here is the number of epochs and of steps per epoch.
+        """
         path = self.trial.resume_path
         if path is None:
             return
@@ -330,17 +393,10 @@ class Trainer:
         if removed:
             log.info("Removed %d temp file(s) left by an interrupted checkpoint write", removed)
         state = load_checkpoint(path)
-        saved = state.get("config", {})
-        for section, key in (("model", "arch"), ("model", "encoder_name"), ("optimizer", "name")):
-            before, now = saved.get(section, {}).get(key), self.cfg[section][key]
-            if before is not None and before != now:
-                raise ConfigError(
-                    f"{path} was trained with {section}.{key}={before}, this run asks for {now}: "
-                    f"resume with the same setting, or start a new trial (another trial_timestamp)")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            planned = self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this run's model or optimizer "
@@ -353,21 +409,31 @@ class Trainer:
         if self.best_epoch == self.start_epoch and self.dist.is_main:
             # A kill between writing last.pt and linking best.pt leaves best.pt one best behind.
             link_checkpoint(path, self.trial.best_checkpoint)
-        self._warn_changed_schedule(saved, path)
+        if planned:
+            self._fit_schedule_to_remaining_epochs()
+        self.scheduler.apply(self.global_step)  # the checkpoint's plan, not the saved rate
         log.info("Resumed from %s at epoch %d (best val_mean_iou %.4f)",
                  path, self.start_epoch, self.best_metric)
 
-    def _warn_changed_schedule(self, saved: dict, path) -> None:
-        """The optimizer and scheduler state in the checkpoint (learning rates included) win over
-        a changed config on resume, as in any PyTorch resume: say so rather than surprise."""
-        for section in ("optimizer", "scheduler"):
-            before = saved.get(section)
-            now = self.full_config.get(section)
-            if before is not None and now is not None and before != now:
-                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-                log.warning("%s.%s changed since %s was written; the resumed %s continues from "
-                            "the checkpoint's state (start a new trial to use the new values)",
-                            section, ",".join(changed), path, section)
+    def _fit_schedule_to_remaining_epochs(self) -> None:
+        """The checkpoint's schedule goes on step for step when the remaining epochs have the
+        steps it planned for. More epochs, or another number of steps per epoch
+        (``limit_batches``, the number of ranks), stretch the rest of its curve to end with
+        the last epoch: no jump, and no step at a zero rate."""
+        planned = self.scheduler.total_steps
+        wanted = self.global_step + (self.cfg.trainer.epochs - self.start_epoch) * self.steps_per_epoch
+        if wanted == planned or wanted <= self.global_step:
+            return
+        before = self.scheduler.factor(self.global_step)
+        self.scheduler.stretch(self.global_step, wanted)
+        if self.scheduler.name == "none":
+            return  # a constant rate has nothing to stretch
+        log.info("Learning-rate schedule: %d steps remain where the checkpoint planned %d "
+                 "(trainer.epochs=%d, %d steps per epoch); the rest of its %s curve is stretched "
+                 "from step %d (lr %.3g) to end with epoch %d", wanted - self.global_step,
+                 planned - self.global_step, self.cfg.trainer.epochs, self.steps_per_epoch,
+                 self.scheduler.name, self.global_step,
+                 self.scheduler.base_lrs[0] * before, self.cfg.trainer.epochs)
 
     def _final_test(self) -> None:
         """Scores the best checkpoint on the test split and writes ``metrics.json``."""
@@ -381,6 +447,12 @@ class Trainer:
             self.loggers.log_metrics({**test, "best_val_mean_iou": self.best_metric},
                                      self.cfg.trainer.epochs)
             summary.update(test)
+            split_size = self.info.split_sizes.get("test", self.scored_samples)
+            summary.update(test_samples=self.scored_samples, test_split_samples=split_size)
+            if self.scored_samples < split_size:
+                log.warning("test scored %d of %d samples (trainer.limit_batches=%s); "
+                            "event-seg-evaluate scores the whole split", self.scored_samples,
+                            split_size, self.cfg.trainer.limit_batches)
             log.info("test (best checkpoint, epoch %d): test_mean_iou %.4f  test_pixel_accuracy %.4f",
                      self.best_epoch, test["test_mean_iou"], test["test_pixel_accuracy"])
         if self.dist.is_main:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 
 @dataclass
@@ -61,16 +61,48 @@ class Trial:
         """Written last, atomically: its presence means the run finished."""
         return self.run_dir / "metrics.json"
 
-    def finished_summary(self, epochs: int) -> Optional[dict]:
-        """The summary of a run that already finished ``epochs`` epochs in this folder, else None
-        (a re-run sweep skips such jobs; asking for more epochs continues training instead)."""
+    def finished_summary(self) -> Optional[dict]:
+        """The summary of a run that already finished in this folder, else None."""
         import json
 
         try:
-            summary = json.loads(self.metrics_file.read_text())
+            return json.loads(self.metrics_file.read_text())
         except (OSError, ValueError):
             return None
-        return summary if summary.get("epochs") == epochs else None
+
+    def saved_settings(self) -> Tuple[Optional[dict], int, Optional[Path]]:
+        """``(config, epoch, source)`` of what this folder already holds: the config inside
+        ``last.pt`` (what the weights were trained with) and its epoch, or, before the first
+        checkpoint, the ``config.yaml`` the run wrote when it started; ``(None, 0, None)`` for
+        a new folder."""
+        if self.last_checkpoint.is_file():
+            from .checkpoint import load_checkpoint
+
+            state = load_checkpoint(self.last_checkpoint, mmap=True)  # the tensors stay on disk
+            return state.get("config") or None, int(state.get("epoch", 0)), self.last_checkpoint
+        config_file = self.run_dir / "config.yaml"
+        if config_file.is_file():
+            import yaml
+
+            try:
+                return yaml.safe_load(config_file.read_text()) or None, 0, config_file
+            except (OSError, yaml.YAMLError):
+                return None, 0, None
+        return None, 0, None
+
+    @property
+    def named_by_timestamp(self) -> bool:
+        """False when ``run_name`` leaves the timestamp out: the folder is then the same for
+        every ``trial_timestamp``."""
+        return self.timestamp in str(self.run_dir)
+
+    def way_out(self, new_trial_command: str) -> str:
+        """How to start afresh instead of resuming this folder, for the one-line refusals."""
+        if self.named_by_timestamp:
+            return f"start a new trial (a fresh folder): {new_trial_command}"
+        return (f"choose another run_name: this folder is named by run_name={self.name} alone, "
+                f"so trial_timestamp does not change it (run_name=<name>_${{trial_timestamp}} "
+                f"gives one folder per trial)")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

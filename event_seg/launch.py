@@ -1,0 +1,179 @@
+"""What ``main()`` settles before Hydra runs a job: the command is sound, and its folder is ours.
+
+One compose of the command, with a placeholder timestamp, serves three ends:
+
+- Hydra's own errors (an unknown group option, a value of the wrong type, a key the schema does
+  not have, with or without ``+``) become one line naming the key and the valid options;
+- ``trial_timestamp=latest`` finds the newest run of the same name (latest.py);
+- the run folder (a sweep's folder for ``-m``) is claimed before Hydra writes into it: a fresh
+  run never shares a folder with another one started in the same second (its timestamp gets a
+  ``_2`` suffix), and resuming a folder that a live process holds is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from .errors import ConfigError
+
+KEY = "trial_timestamp"
+PLACEHOLDER = "TRIAL-TIMESTAMP-PLACEHOLDER"
+TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
+# Flags after which Hydra prints or inspects instead of running a job.
+INFO_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
+              "--shell-completion", "-sc", "--package", "-p")
+
+
+def is_sweep(argv: List[str]) -> bool:
+    return any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in argv[1:])
+
+
+def runs_a_job(argv: List[str]) -> bool:
+    return not any(a in INFO_FLAGS or a.startswith("--cfg=") for a in argv[1:])
+
+
+def overrides_of(argv: List[str]) -> List[str]:
+    return [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+
+
+def given_timestamp(argv: List[str]) -> Optional[str]:
+    values = [a.split("=", 1)[1] for a in overrides_of(argv) if a.lstrip("+").split("=", 1)[0] == KEY]
+    return values[-1] if values else None
+
+
+def with_timestamp(argv: List[str], timestamp: str) -> List[str]:
+    """``argv`` with every ``trial_timestamp=`` replaced, or one added beside the overrides
+    (argparse takes the overrides as one run, so not after ``--cfg job``)."""
+    if given_timestamp(argv) is not None:
+        return [f"{KEY}={timestamp}" if a in overrides_of(argv)
+                and a.lstrip("+").split("=", 1)[0] == KEY else a for a in argv]
+    where = next((i for i, a in enumerate(argv) if i and "=" in a and not a.startswith("-")),
+                 len(argv))
+    return [*argv[:where], f"{KEY}={timestamp}", *argv[where:]]
+
+
+def compose_command(argv: List[str], config_dir: str):
+    """The command's config (with Hydra's node) at a placeholder timestamp. A sweep composes
+    with its swept keys left out: they take several values, and none names the sweep folder."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import validate
+
+    overrides = [a for a in overrides_of(argv) if a.lstrip("+~").split("=", 1)[0] != KEY]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        if is_sweep(argv):
+            _check_swept_options(parsed, config_dir)
+            overrides = [o.input_line for o in parsed if not o.is_sweep_override()
+                         and o.key_or_group != "hparams_search"]
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, f"{KEY}={PLACEHOLDER}"],
+                          return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(one_line(e)) from None
+    validate(cfg)  # before Hydra makes the run folder; run() checks the final config again
+    return cfg
+
+
+def _check_swept_options(parsed, config_dir: str) -> None:
+    """``-m model=unet,nope``: each swept option of a config group must exist (composing the
+    sweep's other keys alone would not see it)."""
+    for o in parsed:
+        group = Path(config_dir) / o.key_or_group
+        if not o.is_sweep_override() or "." in o.key_or_group or not group.is_dir():
+            continue
+        try:
+            values = list(o.sweep_string_iterator())
+        except Exception:  # ranges, intervals: not options of a group
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        for value in values:
+            if value not in options:
+                raise ConfigError(f"{o.key_or_group}={value} is not an option of "
+                                  f"{o.key_or_group}; choose one of: {', '.join(options)}")
+
+
+def one_line(error: Exception) -> str:
+    """Hydra's 7-12 line composition errors as one line naming the key and the options."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        group = (error.missing_cfg_file or "").split("/")[0] or "the group"
+        return (f"{group}={Path(error.missing_cfg_file or '').name or '?'} is not an option of "
+                f"{group}; choose one of: {', '.join(sorted(error.options))}")
+    cause = error.__cause__ or error.__context__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if first.startswith("Could not override '") and "To append" in str(error):
+        from .config import unknown_key_message
+
+        return unknown_key_message([first.split("'")[1]])
+    if cause is not None and getattr(cause, "full_key", None):
+        reason = str(cause).splitlines()[0].strip()
+        return f"{cause.full_key}: {reason}"
+    return " ".join(lines[:2])
+
+
+def run_folder_pattern(cfg, sweep: bool) -> str:
+    """Where this command's job (or sweep) writes, with PLACEHOLDER for the timestamp."""
+    return str(cfg.hydra.sweep.dir if sweep else cfg.hydra.run.dir)
+
+
+def claim_folder(pattern: str, timestamp: Optional[str],
+                 now: Callable[[], datetime.datetime] = datetime.datetime.now) -> str:
+    """Locks the folder for ``timestamp`` (a named trial: refused when another process holds
+    it) or, for a fresh run (``timestamp`` None), for a new timestamp whose folder no one has
+    used: the second of two runs started in the same second gets ``<time>_2``. Returns the
+    timestamp. The lock lives as long as this process (folder_lock.py)."""
+    from .engine import folder_lock
+
+    if timestamp is not None or PLACEHOLDER not in pattern:
+        chosen = timestamp or now().strftime(TIMESTAMP_FORMAT)
+        folder_lock.hold(Path(pattern.replace(PLACEHOLDER, chosen)))
+        return chosen
+    base = now().strftime(TIMESTAMP_FORMAT)
+    for n in range(1, 1000):
+        candidate = base if n == 1 else f"{base}_{n}"
+        folder = Path(pattern.replace(PLACEHOLDER, candidate))
+        if folder.exists() and any(p.name != folder_lock.LOCK_NAME for p in folder.iterdir()):
+            continue  # used by an earlier run, even a finished one
+        try:
+            folder_lock.hold(folder)
+        except folder_lock.FolderInUse:
+            continue  # taken a moment ago by a run started in the same second
+        if any(p.name != folder_lock.LOCK_NAME for p in folder.iterdir()):
+            folder_lock.release(folder)  # it wrote and ended between our two looks
+            continue
+        return candidate
+    raise ConfigError(f"no free run folder for {pattern.replace(PLACEHOLDER, base)}_N")
+
+
+def settle(argv: List[str], config_dir: str, main_rank: bool,
+           agree: Callable[[str], str] = lambda ts: ts) -> List[str]:
+    """Checks the command and claims its folder; returns ``argv`` with a concrete timestamp.
+
+    Under torchrun only rank 0 claims; ``agree`` hands its timestamp to the other ranks.
+    """
+    given = given_timestamp(argv)
+    if not runs_a_job(argv):
+        # --cfg job, --help ...: Hydra prints; a pinned timestamp keeps the printout concrete.
+        return argv if given else with_timestamp(argv, datetime.datetime.now().strftime(
+            TIMESTAMP_FORMAT))
+    cfg = compose_command(argv, config_dir)
+    sweep = is_sweep(argv)
+    pattern = run_folder_pattern(cfg, sweep)
+    if given == "latest":
+        from .latest import latest_timestamp
+
+        given = latest_timestamp(pattern, sweep, run_name=str(cfg.run_name))
+    if given is not None:
+        if main_rank:
+            claim_folder(pattern, given)
+        return with_timestamp(argv, given)
+    timestamp = agree(claim_folder(pattern, None) if main_rank else "")
+    return with_timestamp(argv, timestamp)
