@@ -69,8 +69,7 @@ def compose_command(argv: List[str], config_dir: str):
         parsed = OverridesParser.create().parse_overrides(overrides)
         if is_sweep(argv):
             _check_swept_options(parsed, config_dir)
-            overrides = [o.input_line for o in parsed if not o.is_sweep_override()
-                         and o.key_or_group != "hparams_search"]
+            overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             cfg = compose("train", overrides=[*overrides, f"{KEY}={PLACEHOLDER}"],
                           return_hydra_config=True)

@@ -39,8 +39,31 @@ def summary(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 
 
-def test_grid_sweep_jobs_runs_and_a_rerun_that_skips_and_resumes(tmp_path, cache):
-    """2x2 grid with W&B offline, pre-empted during the third job, then run again."""
+def test_job_folders_and_wandb_ids_are_named_by_overrides_not_job_numbers():
+    from event_seg.job_names import MAX_NAME_BYTES, job_dir_name
+    from event_seg.loggers.wandb import wandb_run_id
+
+    assert job_dir_name("model=fpn,optimizer.lr=0.0003", "fpn") == "model=fpn,optimizer.lr=0.0003"
+    assert job_dir_name("dataset.root=/data/x", "unet") == "dataset.root=-data-x"
+    assert job_dir_name("", "unet") == "unet"  # a job that sweeps nothing
+    long = ",".join(f"key{i}=välue{i}" for i in range(40))
+    short = job_dir_name(long, "unet")
+    assert len(short.encode()) <= MAX_NAME_BYTES and short.startswith("key0=välue0,key1=")
+    assert short == job_dir_name(long, "unet") != job_dir_name(long + "0", "unet")  # stable
+    # Single runs keep their name as id; a job's id is stable, one per override set, W&B-safe.
+    assert wandb_run_id("unet_t1") == "unet_t1"
+    ids = {wandb_run_id("unet_t1", job) for job in ("optimizer.lr=0.001", "optimizer.lr=0.0003",
+                                                   short)}
+    assert len(ids) == 3 and wandb_run_id("unet_t1", "optimizer.lr=0.001") in ids
+    for run_id in ids | {wandb_run_id("x" * 200, "a=1")}:
+        assert len(run_id) <= 64 and not set(run_id) & set(":;,#?/'\\%=")
+
+
+def test_grid_sweep_jobs_runs_and_a_rerun_with_one_more_value_skips_and_resumes(tmp_path, cache):
+    """2x2 grid with W&B offline, pre-empted during the third job, then run again with one more
+    learning rate: every job number moves, yet each job finds its own folder and W&B run."""
+    from event_seg.loggers.wandb import wandb_run_id
+
     cmd = [*train_cmd(tmp_path, "logger=wandb", "model=unet,fpn", "optimizer.lr=1e-3,3e-4",
                       "trainer.epochs=2", "trial_timestamp=grid")]
     env = sweep_env(cache, WANDB_MODE="offline")
@@ -49,7 +72,7 @@ def test_grid_sweep_jobs_runs_and_a_rerun_that_skips_and_resumes(tmp_path, cache
     lines, deadline = [], time.time() + 400
     for line in proc.stdout:
         lines.append(line)
-        if "2_model=fpn,optimizer.lr=0.001" in "".join(lines[-3:]) and "epoch 1/2" in line:
+        if "model=fpn,optimizer.lr=0.001" in "".join(lines[-3:]) and "epoch 1/2" in line:
             proc.send_signal(signal.SIGTERM)  # a pre-emption in the middle of job 2
             break
         assert time.time() < deadline, "".join(lines)
@@ -57,33 +80,42 @@ def test_grid_sweep_jobs_runs_and_a_rerun_that_skips_and_resumes(tmp_path, cache
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)
 
     sweep = tmp_path / "multirun" / "grid"
-    names = ["0_model=unet,optimizer.lr=0.001", "1_model=unet,optimizer.lr=0.0003",
-             "2_model=fpn,optimizer.lr=0.001", "3_model=fpn,optimizer.lr=0.0003"]
-    assert (sweep / names[1] / "metrics.json").is_file()
-    assert not (sweep / names[2] / "metrics.json").exists()
-    assert not (sweep / names[3]).exists()
+    unet_1e3, unet_3e4, fpn_1e3, fpn_3e4 = names = [
+        "model=unet,optimizer.lr=0.001", "model=unet,optimizer.lr=0.0003",
+        "model=fpn,optimizer.lr=0.001", "model=fpn,optimizer.lr=0.0003"]
+    assert (sweep / unet_3e4 / "metrics.json").is_file()
+    assert not (sweep / fpn_1e3 / "metrics.json").exists()
+    assert not (sweep / fpn_3e4).exists()
 
-    # Run it again: `latest` finds the sweep folder, as the user would type it.
-    cmd = [a if a != "trial_timestamp=grid" else "trial_timestamp=latest" for a in cmd]
+    # Run it again with lr=1e-2 first (`latest` finds the sweep folder, as the user would type
+    # it): the jobs above become 1, 2, 4 and 5 of six.
+    cmd = ["optimizer.lr=1e-2,1e-3,3e-4" if a == "optimizer.lr=1e-3,3e-4" else
+           "trial_timestamp=latest" if a == "trial_timestamp=grid" else a for a in cmd]
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output
-    assert output.count("already finished 2 epochs") == 2  # jobs 0 and 1 are not trained again
-    assert f"Resumed from {sweep / names[2] / 'checkpoints' / 'last.pt'} at epoch 1" in output
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names
+    assert output.count("already finished 2 epochs") == 2  # the unet jobs are not trained again
+    assert f"Resumed from {sweep / fpn_1e3 / 'checkpoints' / 'last.pt'} at epoch 1" in output
+    names += ["model=unet,optimizer.lr=0.01", "model=fpn,optimizer.lr=0.01"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(names)
 
     runs = {}
     for name in names:
         assert summary(sweep / name)["epochs"] == 2
+        model, lr = (v.split("=")[1] for v in name.split(","))
+        overrides = yaml.safe_load((sweep / name / ".hydra" / "overrides.yaml").read_text())
+        assert f"optimizer.lr={lr}" in overrides and f"model={model}" in overrides
         offline = sorted((sweep / name / "wandb").glob("offline-run-*"))
         runs[name] = [read_offline_run(d) for d in offline]
-    assert len({r[0].run_id for r in runs.values()}) == 4
+        assert {r.config["optimizer"]["lr"] for r in runs[name]} == {float(lr)}
+        assert {r.run_id for r in runs[name]} == {wandb_run_id(f"{model}_grid", name)}
+    assert len({r[0].run_id for r in runs.values()}) == 6  # one W&B run per set of overrides
     assert {r.group for rs in runs.values() for r in rs} == {"sweep_grid"}
-    # The pre-empted job continued its own W&B run; the skipped ones started none.
-    assert len(runs[names[0]]) == 1 and len(runs[names[2]]) == 2
-    assert runs[names[2]][0].run_id == runs[names[2]][1].run_id
-    assert runs[names[3]][0].config["optimizer"]["lr"] == 3e-4
-    assert runs[names[3]][0].config["model"]["arch"] == "FPN"
+    # The pre-empted job (job 2, then job 4) continued its own W&B run; the skipped ones started
+    # none.
+    assert len(runs[unet_1e3]) == 1 and len(runs[fpn_1e3]) == 2
+    assert runs[fpn_1e3][0].run_id == runs[fpn_1e3][1].run_id
+    assert runs[fpn_3e4][0].config["model"]["arch"] == "FPN"
 
 
 def test_parallel_joblib_jobs_and_a_failing_job_does_not_stop_the_others(tmp_path, cache):
@@ -92,9 +124,9 @@ def test_parallel_joblib_jobs_and_a_failing_job_does_not_stop_the_others(tmp_pat
                      "trial_timestamp=par")
     assert proc.returncode != 0  # the sweep reports that a job failed ...
     sweep = tmp_path / "multirun" / "par"
-    good = sweep / "1_model.encoder_name=resnet18"
+    good = sweep / "model.encoder_name=resnet18"
     assert summary(good)["best_epoch"] == 1  # ... after the other one finished
-    log = (sweep / "0_model.encoder_name=nope" / "train.log").read_text()
+    log = (sweep / "model.encoder_name=nope" / "train.log").read_text()
     assert "model.encoder_name=nope" in log and "Wrong encoder name" in log
     assert "Joblib" in proc.stdout + proc.stderr
 
@@ -105,9 +137,9 @@ def test_optuna_search_writes_its_results(tmp_path, cache):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = tmp_path / "multirun" / "opt"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]
-    for job in jobs:  # named by the sampled values, each within the search space
-        assert "optimizer.lr=" in job.name and "dataset.num_bins=" in job.name
+    assert len(jobs) == 2  # (two trials proposing the same point would share a folder)
+    for job in jobs:  # named by the sampled values alone, each within the search space
+        assert job.name.startswith("dataset.num_bins=") and "optimizer.weight_decay=" in job.name
         config = yaml.safe_load((job / "config.yaml").read_text())
         assert 1e-4 <= config["optimizer"]["lr"] <= 3e-3
         assert config["dataset"]["num_bins"] in (3, 5, 10)
@@ -123,7 +155,7 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, cach
                      "optimizer.lr=1e-3,3e-4", "trial_timestamp=sub")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = tmp_path / "multirun" / "sub"
-    for name in ("0_optimizer.lr=0.001", "1_optimizer.lr=0.0003"):
+    for name in ("optimizer.lr=0.001", "optimizer.lr=0.0003"):
         assert summary(sweep / name)["best_epoch"] == 1
         assert list((sweep / name / "tensorboard").glob("events.out.tfevents.*"))
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # submitit ran them, not us

@@ -26,13 +26,20 @@ MAX_SUMMARY_METRICS = ("val_mean_iou", "val_weighted_mean_iou", "inference_mean_
                        "inference_weighted_mean_iou")
 
 
-def wandb_run_id(run_name: str, job_num: Optional[int] = None) -> str:
-    """A run id derived only from the trial (its name embeds the timestamp) and the multirun job:
-    restarting with the same timestamp reattaches to the same W&B run."""
-    raw = run_name if job_num is None else f"{run_name}-job{job_num}"
-    safe = _ID_UNSAFE.sub("-", raw)
+def wandb_run_id(run_name: str, job: Optional[str] = None) -> str:
+    """A run id derived only from the trial (its name embeds the timestamp) and, for a multirun
+    job, its folder name (its swept overrides, see :mod:`event_seg.job_names`): restarting with the
+    same timestamp reattaches to the same W&B run, and a sweep re-run with more values keeps each
+    job's id however its job number moved. A single run's id is its (sanitised) name; a job's is
+    ``<run name>-<8 hex chars>``, a sha1 of both names (W&B ids may not contain the ``,`` of a
+    folder name)."""
+    safe = _ID_UNSAFE.sub("-", run_name)
+    if job is not None:
+        digest = hashlib.sha1(f"{run_name}\n{job}".encode()).hexdigest()[:8]
+        # The digest covers the whole run name, so cutting a long one keeps ids apart.
+        return f"{safe[:MAX_ID_LENGTH - 9]}-{digest}"
     if len(safe) > MAX_ID_LENGTH:
-        digest = hashlib.sha1(raw.encode()).hexdigest()[:10]
+        digest = hashlib.sha1(run_name.encode()).hexdigest()[:10]
         safe = f"{safe[:MAX_ID_LENGTH - 11]}-{digest}"
     return safe
 
@@ -56,7 +63,9 @@ class WandbLogger(Logger):
             x_disable_stats=not log_system_metrics,
             console="off",                   # train.log has the console; keep tqdm untouched
         )
-        self.run_id = wandb_run_id(trial.name, trial.job_num)
+        # A sweep job is identified by its folder (its overrides), not by its job number.
+        job = trial.run_dir.name if trial.job_num is not None else None
+        self.run_id = wandb_run_id(trial.name, job)
         identity = dict(name=name or trial.display_name, id=self.run_id, group=group,
                         resume="allow")
         if os.environ.get("WANDB_SWEEP_ID"):
