@@ -209,3 +209,13 @@ def test_validate_accepts_devices(default_cfg, device):
     cfg = default_cfg.copy()
     cfg.trainer.device = device
     validate(cfg)
+
+
+def test_relative_dataset_and_cache_paths_are_stored_absolute(tmp_path, monkeypatch):
+    from event_seg.config import make_paths_absolute
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["dataset=event_scapes", "dataset.root=data/EventScape", "paths.cache_dir=cache"])
+    make_paths_absolute(cfg)
+    assert cfg.dataset.root == str(tmp_path / "data" / "EventScape")
+    assert cfg.paths.cache_dir == str(tmp_path / "cache")

@@ -70,16 +70,18 @@ def test_checkpoint_holds_everything_to_resume(smoke_run):
     assert state["config"]["model"]["arch"] == "FPN"
 
 
-def test_restart_with_same_timestamp_resumes_without_duplicating_epochs(smoke_run, cache):
+def test_a_finished_trial_is_skipped_or_refused_never_retrained(smoke_run, cache):
     run_dir, _ = smoke_run
-    proc = run_cli("trial_timestamp=t1", "model=fpn", "optimizer=sgd", "scheduler=cosine",
-                   "trainer.epochs=3", out=run_dir.parent, cache=cache)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Resumed from" in proc.stdout + proc.stderr
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert state["epoch"] == 3
-    found = scalars(run_dir / "tensorboard")
-    assert [step for step, _ in found["val_mean_iou"]] == [1, 2, 3]
+    same = ("trial_timestamp=t1", "model=fpn", "optimizer=sgd", "scheduler=cosine")
+    before = (run_dir / "metrics.json").read_bytes()
+    proc = run_cli(*same, "trainer.epochs=2", out=run_dir.parent, cache=cache)
+    assert proc.returncode == 0 and "already finished 2 epochs" in proc.stdout + proc.stderr
+    proc = run_cli(*same, "trainer.epochs=3", out=run_dir.parent, cache=cache)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and len(output.strip().splitlines()) == 1, output
+    assert "start a new trial (a fresh folder): python -m event_seg.train" in output
+    assert (run_dir / "metrics.json").read_bytes() == before
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
 
 
 @pytest.mark.parametrize("modality,representation,channels", [
@@ -98,18 +100,32 @@ def test_model_input_channels_follow_modality(tmp_path, cache, modality, represe
     assert not (tmp_path / "unet_m" / "tensorboard").exists()  # logger=none
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("trainer.epoch=3", "trainer.epoch"),
-    ("trainer.epochs=ten", "trainer.epochs"),
-    ("model=nope", "nope"),
+@pytest.mark.parametrize("overrides,expected", [
+    ("trainer.epoch=3", "unknown config key: trainer.epoch (did you mean trainer.epochs?)"),
+    ("+trainer.epoch=3", "unknown config key: trainer.epoch (did you mean trainer.epochs?)"),
+    ("+foo=1", "unknown config key: foo"),
+    ("trainer.epochs=ten", "trainer.epochs: Value 'ten'"),
+    ("model=nope", "model=nope is not an option of model; choose one of: deeplabv3plus, fpn, unet"),
     ("dataset.modality=depth", "dataset.modality"),
-    ("dataset.root=/no/such/folder", "/no/such/folder"),
     ("dataset.height=100", "dataset.height"),
+    ("scheduler.min_lr_ratio=-0.5", "scheduler.min_lr_ratio=-0.5 must be between 0 and 1"),
+    ("scheduler.power=-0.9", "scheduler.power=-0.9 must be positive"),
+    ("trainer.device=cpu trainer.precision=bf16", "trainer.precision=bf16 needs a CUDA device"),
+    ("model=deeplabv3plus trainer.batch_size=1", "needs trainer.batch_size >= 2"),
 ])
-def test_bad_input_gives_one_clear_message_and_nonzero_exit(tmp_path, cache, override, expected):
-    proc = run_cli(override, out=tmp_path, cache=cache)
+def test_bad_input_gives_one_line_before_any_folder_or_data(tmp_path, cache, overrides, expected):
+    """Checked before Hydra makes the run folder: one line, exit 2, nothing written."""
+    out = tmp_path / "out"
+    proc = run_cli(*overrides.split(), out=out, cache=tmp_path / "no-cache")
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    assert proc.returncode == 2, output
+    assert output.strip().splitlines() == [f"error: {output.strip()[7:]}"], output
     assert expected in output
-    assert "Traceback" not in output
-    assert len(output.strip().splitlines()) < 15, output
+    assert not out.exists() and not (tmp_path / "no-cache").exists()
+
+
+def test_a_missing_dataset_folder_is_one_line(tmp_path, cache):
+    proc = run_cli("dataset.root=/no/such/folder", out=tmp_path, cache=cache)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "/no/such/folder" in output and "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output

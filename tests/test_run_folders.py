@@ -1,0 +1,87 @@
+"""One process per run folder, and `latest` as the newest run (issue 11, items 7 to 9)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from event_seg.engine.trial import Trial
+from event_seg.latest import latest_timestamp
+from event_seg.launch import PLACEHOLDER
+
+REPO = Path(__file__).resolve().parents[1]
+# A process that claims a fresh folder with its clock stopped at one second, says which, and
+# holds it until its stdin closes: two of them are two runs started in the same second.
+CLAIM = """
+import datetime, sys
+from event_seg.launch import claim_folder
+print(claim_folder(sys.argv[1], None, now=lambda: datetime.datetime(2026, 1, 1)), flush=True)
+sys.stdin.read()
+"""
+
+
+def claimer(pattern: str):
+    proc = subprocess.Popen([sys.executable, "-c", CLAIM, pattern], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    return proc, proc.stdout.readline().strip()
+
+
+def test_fresh_runs_started_in_the_same_second_never_share_a_folder(tmp_path):
+    pattern = str(tmp_path / f"unet_{PLACEHOLDER}")
+    first, a = claimer(pattern)
+    second, b = claimer(pattern)  # while the first still holds its folder
+    assert (a, b) == ("2026-01-01_00-00-00", "2026-01-01_00-00-00_2")
+    for proc in (first, second):
+        proc.communicate("")
+    (tmp_path / f"unet_{a}" / "metrics.json").write_text("{}")  # the first one finished
+    third, c = claimer(pattern)
+    third.communicate("")
+    assert c == b  # a finished folder is never reused; an empty one may be
+
+
+def test_resuming_a_folder_a_live_run_holds_is_refused_in_one_line(tmp_path, cache):
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+           "trainer.epochs=1", "trainer.inference.enabled=false", "trainer.vis.num_batches=0",
+           f"paths.output_root={tmp_path}", "trial_timestamp=busy"]
+    running = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in running.stdout:
+        lines.append(line)
+        if "Training Unet" in line:
+            break
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    rest = running.communicate(timeout=300)[0]
+    output = second.stdout + second.stderr
+    assert second.returncode == 2, output
+    assert output.strip().splitlines() == [f"error: {tmp_path / 'unet_busy'} is in use by a run "
+                                           f"that is still going (pid {running.pid} on "
+                                           f"{os.uname().nodename}); wait for it to end or stop "
+                                           f"it first"], output
+    assert running.returncode == 0, "".join(lines) + rest
+    log = (tmp_path / "unet_busy" / "train.log").read_text()
+    assert log.count("Training Unet") == 1  # the refused run wrote nothing into the folder
+
+
+def test_latest_is_the_newest_run_of_the_name_checkpoint_or_not(tmp_path):
+    older = tmp_path / "unet_2026-01-01_00-00-00"
+    (older / "checkpoints").mkdir(parents=True)
+    (older / "checkpoints" / "last.pt").write_bytes(b"x")
+    (tmp_path / "unet_2026-01-02_00-00-00").mkdir()  # stopped in epoch 1: no checkpoint
+    (tmp_path / "fpn_2026-01-03_00-00-00").mkdir()  # another name
+    pattern = str(tmp_path / f"unet_{PLACEHOLDER}")
+    assert latest_timestamp(pattern, sweep=False) == "2026-01-02_00-00-00"
+    (tmp_path / "unet_2026-01-02_00-00-00_2").mkdir()  # the second run of that second
+    assert latest_timestamp(pattern, sweep=False) == "2026-01-02_00-00-00_2"
+
+
+def test_a_run_name_without_the_timestamp_says_the_folder_is_named_by_it(tmp_path):
+    pinned = Trial(name="myrun", timestamp="brandnew", run_dir=tmp_path / "myrun")
+    assert "choose another run_name" in pinned.way_out("python -m event_seg.train")
+    assert "trial_timestamp" not in pinned.way_out("cmd").split(":")[0]
+    fresh = Trial(name="unet_t", timestamp="t", run_dir=tmp_path / "unet_t")
+    assert fresh.way_out("python -m event_seg.train x=1").endswith(
+        "start a new trial (a fresh folder): python -m event_seg.train x=1")
