@@ -204,10 +204,9 @@ def unknown_keys(cfg: DictConfig) -> List[str]:
             if key not in schema.keys():
                 found.append(name)
                 continue
-            child, expected = node._get_node(key), schema._get_node(key)
+            child, expected = node._get_node(key), _structured(schema._get_node(key))
             # Only structured (dataclass) nodes have a fixed key set; Dict fields are open.
-            if (isinstance(child, DictConfig) and isinstance(expected, DictConfig)
-                    and OmegaConf.get_type(expected) not in (dict, None)):
+            if isinstance(child, DictConfig) and expected is not None:
                 walk(child, expected, name + ".")
 
     walk(cfg, OmegaConf.structured(TrainConfig), "")
@@ -233,11 +232,24 @@ def unknown_key_message(keys: List[str]) -> str:
             f"has no such key, so nothing would read it")
 
 
+def _structured(node) -> Optional[DictConfig]:
+    """A schema node as a dataclass-typed config, also where its value is MISSING (``model``,
+    ``dataset``, ...: filled by a group); None for open Dict fields and plain values."""
+    import dataclasses
+
+    if not isinstance(node, DictConfig):
+        return None
+    if OmegaConf.get_type(node) not in (dict, None):
+        return node
+    ref_type = node._metadata.ref_type
+    return OmegaConf.structured(ref_type) if dataclasses.is_dataclass(ref_type) else None
+
+
 def _all_keys(node, prefix: str = "") -> List[str]:
     keys = []
     for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and OmegaConf.get_type(child) not in (dict, None):
+        child = _structured(node._get_node(key))
+        if child is not None:
             keys += _all_keys(child, f"{prefix}{key}.")
         else:
             keys.append(f"{prefix}{key}")

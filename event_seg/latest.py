@@ -35,8 +35,11 @@ def latest_timestamp(pattern: str, sweep: bool, run_name: str = "") -> str:
     glob = folder.name.replace(PLACEHOLDER, "*")
     regex = re.compile(re.escape(folder.name).replace(re.escape(PLACEHOLDER), "(.+)") + r"\Z")
     parent = Path(str(folder.parent))
-    runs = ([p for p in parent.glob(glob) if p.is_dir() and fnmatch.fnmatch(p.name, glob)]
-            if PLACEHOLDER not in str(parent) and parent.is_dir() else [])
+    from .engine.folder_lock import is_unused
+
+    # A folder holding only a lock file is a command that never ran (or is just starting).
+    runs = ([p for p in parent.glob(glob) if p.is_dir() and fnmatch.fnmatch(p.name, glob)
+             and not is_unused(p)] if PLACEHOLDER not in str(parent) and parent.is_dir() else [])
     if not runs:
         what = "sweep" if sweep else "run"
         raise ConfigError(f"{KEY}=latest: no earlier {what} matches {parent / glob}")

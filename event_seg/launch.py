@@ -76,6 +76,8 @@ def compose_command(argv: List[str], config_dir: str):
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(one_line(e)) from None
     validate(cfg)  # before Hydra makes the run folder; run() checks the final config again
+    if is_sweep(argv):
+        _check_swept_values(parsed, cfg, config_dir)
     return cfg
 
 
@@ -97,6 +99,34 @@ def _check_swept_options(parsed, config_dir: str) -> None:
                                   f"{o.key_or_group}; choose one of: {', '.join(options)}")
 
 
+def _check_swept_values(parsed, cfg, config_dir: str) -> None:
+    """``-m trainer.epochs=1,abc`` or ``-m trainer.bogus=1,2``: each value of a swept key is
+    set on the composed config and checked like a single run's, so a bad one is one line
+    before any job starts (Hydra would report it after making the sweep folder, in 7 lines).
+    Ranges and intervals (Optuna's search space) are left to the sweeper."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import validate
+
+    for o in parsed:
+        key = o.key_or_group
+        if (not o.is_sweep_override() or key.startswith("hydra")
+                or ("." not in key and (Path(config_dir) / key).is_dir())):
+            continue
+        try:
+            values = list(o.sweep_iterator())
+        except Exception:
+            continue
+        for value in values:
+            variant = cfg.copy()
+            try:
+                OmegaConf.update(variant, key, value, merge=True, force_add=o.is_add())
+            except OmegaConfBaseException as e:
+                raise ConfigError(one_line(e)) from None
+            validate(variant)
+
+
 def one_line(error: Exception) -> str:
     """Hydra's 7-12 line composition errors as one line naming the key and the options."""
     from hydra.errors import MissingConfigException
@@ -112,9 +142,16 @@ def one_line(error: Exception) -> str:
         from .config import unknown_key_message
 
         return unknown_key_message([first.split("'")[1]])
-    if cause is not None and getattr(cause, "full_key", None):
-        reason = str(cause).splitlines()[0].strip()
-        return f"{cause.full_key}: {reason}"
+    for candidate in (error, cause):
+        full_key = getattr(candidate, "full_key", None)
+        if full_key:
+            from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+            if isinstance(candidate, (ConfigKeyError, ConfigAttributeError)):
+                from .config import unknown_key_message
+
+                return unknown_key_message([full_key])
+            return f"{full_key}: {str(candidate).splitlines()[0].strip()}"
     return " ".join(lines[:2])
 
 
@@ -133,19 +170,19 @@ def claim_folder(pattern: str, timestamp: Optional[str],
 
     if timestamp is not None or PLACEHOLDER not in pattern:
         chosen = timestamp or now().strftime(TIMESTAMP_FORMAT)
-        folder_lock.hold(Path(pattern.replace(PLACEHOLDER, chosen)))
+        folder_lock.hold(Path(pattern.replace(PLACEHOLDER, chosen)), remove_if_unused=True)
         return chosen
     base = now().strftime(TIMESTAMP_FORMAT)
     for n in range(1, 1000):
         candidate = base if n == 1 else f"{base}_{n}"
         folder = Path(pattern.replace(PLACEHOLDER, candidate))
-        if folder.exists() and any(p.name != folder_lock.LOCK_NAME for p in folder.iterdir()):
+        if folder.exists() and not folder_lock.is_unused(folder):
             continue  # used by an earlier run, even a finished one
         try:
-            folder_lock.hold(folder)
+            folder_lock.hold(folder, remove_if_unused=True)
         except folder_lock.FolderInUse:
             continue  # taken a moment ago by a run started in the same second
-        if any(p.name != folder_lock.LOCK_NAME for p in folder.iterdir()):
+        if not folder_lock.is_unused(folder):
             folder_lock.release(folder)  # it wrote and ended between our two looks
             continue
         return candidate

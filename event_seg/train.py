@@ -47,7 +47,9 @@ def run(cfg: DictConfig) -> float:
     # Everything that leaves the process is built from the resolved, secret-free copy.
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     # A folder holds one experiment: what it holds must be what this command asks for.
-    way_out = trial.way_out(command_line(trial_timestamp=None))
+    way_out = trial.way_out(
+        f"the sweep's command without trial_timestamp={trial.timestamp}" if _in_multirun()
+        else command_line(trial_timestamp=None))
     saved, saved_epoch, source = trial.saved_settings()
     if saved is not None:
         check_same_experiment(saved, resolved, source, way_out)
@@ -74,6 +76,8 @@ def run(cfg: DictConfig) -> float:
     log.info("Dataset %s at %s: %s, %s x%d, input channels %d", data.info.name, data.info.root,
              data.info.split_sizes, data.info.representation, data.info.event_channels,
              data.info.input_channels)
+    if trial.resume_path is not None:
+        cfg.model.encoder_weights = None  # a resume takes every weight from last.pt
     model = build_model(cfg.model, data.info)
     # A checkpoint holds the weights and up to two optimizer moments per weight (float32).
     check_output_folder(trial.run_dir, needed_bytes=3 * 4 * count_parameters(model))
@@ -127,8 +131,10 @@ def command_line(trial_timestamp=None) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = [o for o in HydraConfig.get().overrides.task
-                     if not o.lstrip("+~").startswith("trial_timestamp=")]
+        # Unresolved: run_name=x_${trial_timestamp} must stay an interpolation, or the command
+        # would name this very folder again.
+        task = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+        overrides = [o for o in task if not o.lstrip("+~").startswith("trial_timestamp=")]
     except ValueError:
         pass
     args = [*overrides, *([f"trial_timestamp={trial_timestamp}"] if trial_timestamp else [])]
@@ -187,7 +193,7 @@ NOT_IN_JOB_NAMES = ("trial_timestamp", "paths.output_root", "paths.cache_dir", "
 
 def name_jobs_by_swept_keys(argv):
     """Multirun job folders are named from the overrides that differ between jobs
-    (``3_model=fpn,optimizer.lr=0.0003``): the command's fixed overrides are left out."""
+    (``model=fpn,optimizer.lr=0.0003``): the command's fixed overrides are left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -225,7 +231,17 @@ def hydra_main(cfg: DictConfig) -> float:
         if _in_multirun():
             # Into this job's own log file; Hydra marks the job failed and runs the others.
             log.exception("This job failed")
+        else:
+            # Hydra prints the traceback on the console; train.log must keep it too.
+            _log_to_files_only(logging.ERROR, "The run failed", exc_info=sys.exc_info())
         raise
+
+
+def _log_to_files_only(level: int, message: str, exc_info=None) -> None:
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _in_multirun() -> bool:

@@ -8,6 +8,7 @@ second torchrun job on the same trial) can never write into the same folder.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import socket
@@ -24,10 +25,13 @@ class FolderInUse(ConfigError):
     """Another live process holds the folder."""
 
 
-def hold(folder: Path) -> None:
+def hold(folder: Path, remove_if_unused: bool = False) -> None:
     """Locks ``folder`` for the rest of this process (a no-op when this process holds it).
 
     Raises :class:`FolderInUse` naming the holder when another process has it.
+    ``remove_if_unused``: at exit, a folder that still holds nothing but the lock is removed (a
+    command refused after the claim, e.g. by Hydra's argument parser, leaves no folder that
+    ``trial_timestamp=latest`` would then take for the newest run).
     """
     folder = Path(folder)
     key = str(folder.resolve())
@@ -45,6 +49,24 @@ def hold(folder: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _held[key] = fd
+    if remove_if_unused:
+        atexit.register(_remove_if_unused, folder)
+
+
+def is_unused(folder: Path) -> bool:
+    """True for a folder that holds nothing but (at most) its lock file: no run wrote there."""
+    return all(p.name == LOCK_NAME for p in Path(folder).iterdir())
+
+
+def _remove_if_unused(folder: Path) -> None:
+    try:
+        if str(folder.resolve()) not in _held or not is_unused(folder):
+            return
+        (folder / LOCK_NAME).unlink()
+        release(folder)
+        folder.rmdir()
+    except OSError:
+        pass  # someone else's lock file appeared meanwhile: theirs now
 
 
 def is_held_elsewhere(folder: Path) -> bool:

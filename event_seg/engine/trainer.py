@@ -16,6 +16,7 @@ from itertools import islice
 from typing import Dict, Optional
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..config import ConfigError
@@ -368,10 +369,13 @@ class Trainer:
 
     def _save(self, epoch: int, improved: bool) -> None:
         # One host sync for the whole model, not one per parameter tensor.
-        if not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()):
+        # BatchNorm statistics too: NaN running variances make every later prediction NaN.
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers())
+                   if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             raise NonFiniteLossError(
                 f"the weights are no longer finite after epoch {epoch}; not saving them over "
-                f"{self.trial.last_checkpoint}. Lower optimizer.lr")
+                f"{self.trial.last_checkpoint}: {self._kept_checkpoint()}. Lower optimizer.lr")
         self.saved_epoch = epoch
         if self.dist.is_main:  # one writer; the other ranks hold identical weights
             save_checkpoint(self._state(epoch), self.trial.last_checkpoint)
@@ -396,7 +400,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            planned = self.scheduler.load_state_dict(state["scheduler"])
+            planned = (self.scheduler.load_state_dict(state["scheduler"])
+                       or self._plan_of_an_older_checkpoint(state))
             self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this run's model or optimizer "
@@ -414,6 +419,22 @@ class Trainer:
         self.scheduler.apply(self.global_step)  # the checkpoint's plan, not the saved rate
         log.info("Resumed from %s at epoch %d (best val_mean_iou %.4f)",
                  path, self.start_epoch, self.best_metric)
+
+    def _plan_of_an_older_checkpoint(self, state: dict) -> bool:
+        """A checkpoint written before plans were saved holds a ``LambdaLR`` state: rebuild the
+        plan it followed from its own config and base rates, so a resume with more epochs is
+        stretched like any other instead of jumping to a plan drawn from the new config."""
+        saved = state.get("config") or {}
+        epoch, step = int(state.get("epoch", 0)), int(state.get("global_step", 0))
+        epochs = saved.get("trainer", {}).get("epochs")
+        scheduler, base_lrs = saved.get("scheduler"), state["scheduler"].get("base_lrs")
+        if not (epoch and step and epochs and scheduler and base_lrs):
+            return False
+        steps_per_epoch = step // epoch
+        self.scheduler = build_scheduler(OmegaConf.create(scheduler), self.optimizer,
+                                         steps_per_epoch, epochs)
+        self.scheduler.base_lrs = [float(lr) for lr in base_lrs]
+        return True
 
     def _fit_schedule_to_remaining_epochs(self) -> None:
         """The checkpoint's schedule goes on step for step when the remaining epochs have the
