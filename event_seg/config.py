@@ -226,8 +226,11 @@ def unknown_key_message(keys: List[str]) -> str:
     schema_keys = _all_keys(OmegaConf.structured(TrainConfig))
     hints = []
     for key in keys:
-        close = difflib.get_close_matches(key, schema_keys, n=1)
-        hints.append(key + (f" (did you mean {close[0]}?)" if close else ""))
+        # Among the key's siblings, by its last part: every trainer key shares "trainer.".
+        parent, _, leaf = key.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in schema_keys if k.rpartition(".")[0] == parent}
+        close = difflib.get_close_matches(leaf, list(siblings), n=1)
+        hints.append(key + (f" (did you mean {siblings[close[0]]}?)" if close else ""))
     return (f"unknown config key{'s' if len(keys) > 1 else ''}: {', '.join(hints)}; the schema "
             f"has no such key, so nothing would read it")
 

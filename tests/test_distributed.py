@@ -19,8 +19,9 @@ from event_seg.data.sampling import EpochSampler
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(out: Path, cache: Path, *overrides):
-    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+def torchrun(out: Path, cache: Path, *overrides, crash_at: str = ""):
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "OMP_NUM_THREADS": "1",
+           "EVENT_SEG_CRASH_AT": crash_at}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--standalone", "-m", "event_seg.train", "debug=smoke", "logger=tensorboard",
            # every batch, so both ranks together cover the whole validation split
@@ -31,8 +32,14 @@ def torchrun(out: Path, cache: Path, *overrides):
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, cache):
+    """Two epochs, SIGKILLed (both ranks) at the start of the second, then resumed."""
     out = tmp_path_factory.mktemp("ddp")
-    proc = torchrun(out, cache, "trainer.epochs=1")  # no timestamp: the ranks must agree on one
+    # No timestamp: the ranks must agree on one.
+    killed = torchrun(out, cache, "trainer.epochs=2", crash_at="train:2")
+    assert killed.returncode != 0
+    [run_dir] = [p for p in out.iterdir() if p.is_dir()]
+    timestamp = run_dir.name.split("_", 1)[1]
+    proc = torchrun(out, cache, "trainer.epochs=2", f"trial_timestamp={timestamp}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc
 
@@ -41,9 +48,10 @@ def test_one_run_folder_one_set_of_logs_and_checkpoints(ddp_run):
     out, proc = ddp_run
     [run_dir] = [p for p in out.iterdir() if p.is_dir()]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    # One TensorBoard file per start (the killed one and the resume), none from rank 1.
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert (run_dir / "metrics.json").is_file() and (run_dir / ".hydra").is_dir()
-    assert (proc.stdout + proc.stderr).count("epoch 1/1  train_loss") == 1  # rank 0 reports
+    assert (proc.stdout + proc.stderr).count("epoch 2/2  train_loss") == 1  # rank 0 reports
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state["model"])  # loads without DDP
 
@@ -67,13 +75,12 @@ def test_validation_metrics_equal_a_single_process_evaluation(ddp_run, cache, tm
     assert training["test_mean_iou"] == pytest.approx(test["mean_iou"], abs=1e-9)
 
 
-def test_resume_under_torchrun(ddp_run, cache):
-    out, _ = ddp_run
+def test_resume_under_torchrun(ddp_run):
+    out, proc = ddp_run
     [run_dir] = [p for p in out.iterdir() if p.is_dir()]
-    timestamp = run_dir.name.split("_", 1)[1]
-    proc = torchrun(out, cache, "trainer.epochs=2", f"trial_timestamp={timestamp}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Resumed from" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert f"Resumed from {run_dir / 'checkpoints' / 'last.pt'} at epoch 1" in output
+    assert output.count("epoch 2/2  train_loss") == 1 and "epoch 1/2  train_loss" not in output
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -75,7 +77,7 @@ def train(out: Path, cache: Path, *overrides, crash_at: str = ""):
            "HYDRA_FULL_ERROR": "0"}
     cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=tensorboard",
            "trainer.vis.num_batches=0", "trainer.inference.enabled=false",
-           f"paths.output_root={out}", *overrides]
+           f"paths.output_root={out}", "run_name=unet_${trial_timestamp}", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return proc, proc.stdout + proc.stderr
 
@@ -121,6 +123,44 @@ def test_resume_refuses_another_experiment_stretches_more_epochs_and_keeps_finis
         proc, output = train(tmp_path, cache, "trial_timestamp=latest", f"trainer.epochs={epochs}")
         assert proc.returncode == 2 and says in output, output
         assert len(output.strip().splitlines()) == 1, output
-    assert "trial_timestamp" not in output.split("start a new trial")[1]  # a fresh folder
+    command = output.split("start a new trial (a fresh folder): ")[1]
+    assert "trial_timestamp=" not in command  # a fresh folder ...
+    assert "'run_name=unet_${trial_timestamp}'" in command  # ... not this one again
     assert (run_dir / "metrics.json").read_bytes() == metrics
     assert (run_dir / "config.yaml").read_bytes() == config
+
+
+def test_an_older_checkpoint_without_a_saved_plan_is_stretched_from_its_own_plan(tmp_path, cache):
+    """A LambdaLR state (written before plans were saved) resumed with more epochs."""
+    from omegaconf import OmegaConf
+    from test_nonfinite import make_trainer
+
+    from event_seg.engine.schedule import lr_factor
+
+    first = make_trainer(tmp_path, cache, "trainer.epochs=2")
+    first.train_one_epoch(1)
+    first._save(1, improved=True)
+    steps = first.steps_per_epoch
+    state = torch.load(first.trial.last_checkpoint, weights_only=True)
+    state["scheduler"] = {"base_lrs": [1e-3], "last_epoch": steps, "_last_lr": [0.0]}
+    state["config"] = OmegaConf.to_container(first.cfg, resolve=True)  # as train.run saves it
+    torch.save(state, first.trial.last_checkpoint)
+
+    resumed = make_trainer(tmp_path, cache, "trainer.epochs=3")
+    assert resumed.scheduler.total_steps == 3 * steps  # re-planned to end with epoch 3 ...
+    # ... from where the old plan (2 epochs, its warm-up) was.
+    expected = 1e-3 * lr_factor(steps, 2 * steps, first.scheduler.warmup_steps, "poly")
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_weights_or_batchnorm_statistics_that_are_not_finite_are_never_saved(tmp_path, cache):
+    from test_nonfinite import make_trainer
+
+    from event_seg.errors import NonFiniteLossError
+
+    trainer = make_trainer(tmp_path, cache, "trainer.epochs=1")
+    running_var = next(b for n, b in trainer.model.named_buffers() if n.endswith("running_var"))
+    running_var[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written yet"):
+        trainer._save(1, improved=True)
+    assert not trainer.trial.last_checkpoint.exists()

@@ -35,10 +35,12 @@ def test_fresh_runs_started_in_the_same_second_never_share_a_folder(tmp_path):
     assert (a, b) == ("2026-01-01_00-00-00", "2026-01-01_00-00-00_2")
     for proc in (first, second):
         proc.communicate("")
-    (tmp_path / f"unet_{a}" / "metrics.json").write_text("{}")  # the first one finished
+    assert list(tmp_path.iterdir()) == []  # nothing ran in them: no folder is left behind
+    (tmp_path / f"unet_{a}").mkdir()
+    (tmp_path / f"unet_{a}" / "metrics.json").write_text("{}")  # a finished run of that second
     third, c = claimer(pattern)
     third.communicate("")
-    assert c == b  # a finished folder is never reused; an empty one may be
+    assert c == b  # a used folder is never reused
 
 
 def test_resuming_a_folder_a_live_run_holds_is_refused_in_one_line(tmp_path, cache):
@@ -70,11 +72,14 @@ def test_latest_is_the_newest_run_of_the_name_checkpoint_or_not(tmp_path):
     older = tmp_path / "unet_2026-01-01_00-00-00"
     (older / "checkpoints").mkdir(parents=True)
     (older / "checkpoints" / "last.pt").write_bytes(b"x")
-    (tmp_path / "unet_2026-01-02_00-00-00").mkdir()  # stopped in epoch 1: no checkpoint
-    (tmp_path / "fpn_2026-01-03_00-00-00").mkdir()  # another name
+    for name in ("unet_2026-01-02_00-00-00",  # stopped in epoch 1: no checkpoint
+                 "fpn_2026-01-03_00-00-00"):  # another name
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("{}")
     pattern = str(tmp_path / f"unet_{PLACEHOLDER}")
     assert latest_timestamp(pattern, sweep=False) == "2026-01-02_00-00-00"
     (tmp_path / "unet_2026-01-02_00-00-00_2").mkdir()  # the second run of that second
+    (tmp_path / "unet_2026-01-02_00-00-00_2" / "train.log").write_text("")
     assert latest_timestamp(pattern, sweep=False) == "2026-01-02_00-00-00_2"
 
 
@@ -85,3 +90,12 @@ def test_a_run_name_without_the_timestamp_says_the_folder_is_named_by_it(tmp_pat
     fresh = Trial(name="unet_t", timestamp="t", run_dir=tmp_path / "unet_t")
     assert fresh.way_out("python -m event_seg.train x=1").endswith(
         "start a new trial (a fresh folder): python -m event_seg.train x=1")
+
+
+def test_latest_ignores_a_folder_no_run_wrote_into(tmp_path):
+    (tmp_path / "unet_2026-01-01_00-00-00" / "checkpoints").mkdir(parents=True)
+    unused = tmp_path / "unet_2026-01-02_00-00-00"
+    unused.mkdir()
+    (unused / ".lock").write_text("")  # a command refused after claiming, or just starting
+    assert latest_timestamp(str(tmp_path / f"unet_{PLACEHOLDER}"), sweep=False) == \
+        "2026-01-01_00-00-00"
