@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, str(Path(__file__).parent))
 from wandb_reader import read_offline_run  # noqa: E402
@@ -56,3 +57,11 @@ def test_sigterm_stops_cleanly_and_the_printed_command_resumes(tmp_path, cache):
     assert f"Resumed from {run_dir / 'checkpoints' / 'last.pt'} at epoch {saved}" in (
         resumed.stdout + resumed.stderr)
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == saved + 1
+    # TensorBoard drops the redone epoch; W&B reattaches to the same run, from that epoch on.
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag in ("train_loss", "val_mean_iou", "learning_rate"):
+        assert [e.step for e in acc.Scalars(tag)] == list(range(1, saved + 2)), tag
+    first, second = (read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*")))
+    assert first.run_id == second.run_id == "unet_pre"
+    assert [e for e, _ in second.series("val_mean_iou")] == [saved + 1]

@@ -100,7 +100,8 @@ def test_resume_refuses_another_experiment_stretches_more_epochs_and_keeps_finis
     # Another input (also 8 channels: it would load) and another schedule: refused, one line.
     for overrides, named in ((["dataset.modality=events", "dataset.num_bins=8"],
                               ["dataset.modality (rgb+events -> events)", "dataset.num_bins (5 -> 8)"]),
-                             (["scheduler=cosine"], ["scheduler.name (poly -> cosine)"])):
+                             (["scheduler=cosine"], ["scheduler.name (poly -> cosine)"]),
+                             (["optimizer=sgd"], ["optimizer.name (adamw -> sgd)"])):
         proc, output = train(tmp_path, cache, "trial_timestamp=r", "trainer.epochs=3", *overrides)
         assert proc.returncode == 2, output
         assert len(output.strip().splitlines()) == 1 and "Traceback" not in output, output
@@ -116,7 +117,11 @@ def test_resume_refuses_another_experiment_stretches_more_epochs_and_keeps_finis
     assert sorted(lrs) == [1, 2, 3, 4]
     assert lrs[1] == pytest.approx(1e-3) and all(lrs[e] > lrs[e + 1] > 0 for e in (1, 2, 3)), lrs
     metrics, config = ((run_dir / n).read_bytes() for n in ("metrics.json", "config.yaml"))
-    assert json.loads(metrics)["epochs"] == 4
+    summary = json.loads(metrics)
+    assert summary["epochs"] == 4
+    # The final test obeyed limit_batches=1 (one batch of 2 of the 3 test frames) and says so.
+    assert (summary["test_samples"], summary["test_split_samples"]) == (2, 3)
+    assert "test scored 2 of 3 samples (trainer.limit_batches=1)" in output
 
     # Finished: fewer or more epochs resume nothing and rewrite nothing, through `latest` too.
     for epochs, says in ((2, "does not resume it"), (6, "start a new trial")):

@@ -84,20 +84,29 @@ def test_a_finished_trial_is_skipped_or_refused_never_retrained(smoke_run, cache
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
 
 
+def test_model_input_channels_follow_modality(tmp_path, cache):
+    proc = run_cli("dataset.modality=events", "dataset.representation=histogram",
+                   "trainer.epochs=1", "logger=none", "trial_timestamp=m", out=tmp_path,
+                   cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = torch.load(tmp_path / "unet_m" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model"]["encoder.conv1.weight"].shape[1] == 2  # a 2-channel histogram
+    assert not (tmp_path / "unet_m" / "tensorboard").exists()  # logger=none
+
+
 @pytest.mark.parametrize("modality,representation,channels", [
     ("rgb", "voxel_grid", 3),
     ("events", "histogram", 2),
+    ("events", "voxel_grid", 4),
     ("rgb+events", "voxel_grid", 3 + 4),
 ])
-def test_model_input_channels_follow_modality(tmp_path, cache, modality, representation, channels):
-    proc = run_cli(f"dataset.modality={modality}", f"dataset.representation={representation}",
-                   "dataset.num_bins=4", "trainer.epochs=1", "logger=none", "trial_timestamp=m",
-                   out=tmp_path, cache=cache)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    state = torch.load(tmp_path / "unet_m" / "checkpoints" / "last.pt", weights_only=True)
-    first_conv = state["model"]["encoder.conv1.weight"]
-    assert first_conv.shape[1] == channels
-    assert not (tmp_path / "unet_m" / "tensorboard").exists()  # logger=none
+def test_input_channels_of_each_modality_and_representation(modality, representation, channels):
+    from omegaconf import OmegaConf
+
+    from event_seg.data.build import event_channels, input_channels
+
+    dataset = OmegaConf.create({"representation": representation, "num_bins": 4})
+    assert input_channels(modality, event_channels(dataset)) == channels
 
 
 @pytest.mark.parametrize("overrides,expected", [
