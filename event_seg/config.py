@@ -210,7 +210,31 @@ def unknown_keys(cfg: DictConfig) -> List[str]:
                 walk(child, expected, name + ".")
 
     walk(cfg, OmegaConf.structured(TrainConfig), "")
+    found += _unknown_logger_keys(cfg)
     return [key for key in found if key != "hydra"]  # Hydra's own node, when composed with it
+
+
+def _unknown_logger_keys(cfg: DictConfig) -> List[str]:
+    """``logger`` is an open dict of ``_target_`` nodes: a key its class does not take would
+    make that logger fail to start (and be skipped) at run time, so check the signature."""
+    import importlib
+    import inspect
+
+    found = []
+    for name, node in (cfg.get("logger") or {}).items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if not target:
+            continue
+        module, _, attr = str(target).rpartition(".")
+        try:
+            params = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
+        except (ImportError, AttributeError, ValueError, TypeError):
+            continue  # a user's own logger we cannot inspect: Hydra instantiates it as is
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        found += [f"logger.{name}.{key}" for key in node.keys()
+                  if not str(key).startswith("_") and key not in params]
+    return found
 
 
 def refuse_unknown_keys(cfg: DictConfig) -> None:
@@ -273,6 +297,10 @@ def validate(cfg: DictConfig) -> None:
     """Checks what the types alone cannot; raises ConfigError naming the key."""
     from omegaconf import OmegaConf
 
+    for group in ("dataset", "model", "optimizer", "scheduler"):
+        if OmegaConf.is_missing(cfg, group):
+            raise ConfigError(f"no {group} is chosen (was it removed with ~{group}?): pick one "
+                              f"with {group}=<option>")
     refuse_unknown_keys(cfg)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)

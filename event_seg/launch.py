@@ -35,7 +35,7 @@ def runs_a_job(argv: List[str]) -> bool:
 
 
 def overrides_of(argv: List[str]) -> List[str]:
-    return [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    return [a for a in argv[1:] if ("=" in a or a.startswith("~")) and not a.startswith("-")]
 
 
 def given_timestamp(argv: List[str]) -> Optional[str]:
@@ -55,29 +55,41 @@ def with_timestamp(argv: List[str], timestamp: str) -> List[str]:
 
 
 def compose_command(argv: List[str], config_dir: str):
-    """The command's config (with Hydra's node) at a placeholder timestamp. A sweep composes
-    with its swept keys left out: they take several values, and none names the sweep folder."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """The command's config (with Hydra's node) at a placeholder timestamp, checked. A sweep
+    composes with its swept keys left out (they take several values, and none names the sweep
+    folder); each swept value is then checked on its own. Every error is one line."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _compose_and_check(argv, config_dir)
+    except ConfigError:
+        raise
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        # ValueError: Hydra's `group=null` on the command line, among others.
+        raise ConfigError(one_line(e)) from None
+
+
+def _compose_and_check(argv: List[str], config_dir: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .config import validate
 
     overrides = [a for a in overrides_of(argv) if a.lstrip("+~").split("=", 1)[0] != KEY]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        if is_sweep(argv):
-            _check_swept_options(parsed, config_dir)
-            overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            cfg = compose("train", overrides=[*overrides, f"{KEY}={PLACEHOLDER}"],
-                          return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(one_line(e)) from None
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if is_sweep(argv):
+        _check_swept_options(parsed, config_dir)
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"{KEY}={PLACEHOLDER}"],
+                      return_hydra_config=True)
     validate(cfg)  # before Hydra makes the run folder; run() checks the final config again
     if is_sweep(argv):
         _check_swept_values(parsed, cfg, config_dir)
+    if not run_folder_pattern(cfg, is_sweep(argv)).strip():
+        raise ConfigError("hydra.run.dir / hydra.sweep.dir is empty: a run needs a folder of "
+                          "its own (leave them at their defaults, or name a folder)")
     return cfg
 
 
@@ -132,9 +144,11 @@ def one_line(error: Exception) -> str:
     from hydra.errors import MissingConfigException
 
     if isinstance(error, MissingConfigException) and error.options is not None:
-        group = (error.missing_cfg_file or "").split("/")[0] or "the group"
-        return (f"{group}={Path(error.missing_cfg_file or '').name or '?'} is not an option of "
-                f"{group}; choose one of: {', '.join(sorted(error.options))}")
+        group, _, option = (error.missing_cfg_file or "").rpartition("/")
+        if not group:  # `model=`: the file asked for is the group itself
+            group, option = option, ""
+        return (f"{group}={option or '(nothing)'} is not an option of {group}; choose one of: "
+                f"{', '.join(sorted(error.options))}")
     cause = error.__cause__ or error.__context__
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     first = lines[0] if lines else type(error).__name__

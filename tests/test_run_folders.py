@@ -99,3 +99,13 @@ def test_latest_ignores_a_folder_no_run_wrote_into(tmp_path):
     (unused / ".lock").write_text("")  # a command refused after claiming, or just starting
     assert latest_timestamp(str(tmp_path / f"unet_{PLACEHOLDER}"), sweep=False) == \
         "2026-01-01_00-00-00"
+
+
+def test_a_refused_command_never_removes_a_folder_it_did_not_make(tmp_path, cache):
+    mine = tmp_path / "mine"
+    mine.mkdir()  # the user's own (empty) folder
+    proc = subprocess.run(
+        [sys.executable, "-m", "event_seg.train", "debug=smoke", f"hydra.run.dir={mine}",
+         "--nope"], cwd=REPO, env={**os.environ, "EVENT_SEG_CACHE": str(cache)},
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and mine.is_dir() and not (mine / ".lock").exists()

@@ -125,6 +125,12 @@ def test_input_channels_of_each_modality_and_representation(modality, representa
     ("-m trainer.epochs=1,ten", "trainer.epochs: Value 'ten'"),
     ("-m model=unet,nope", "model=nope is not an option of model"),
     ("--bogus", "unrecognized arguments: --bogus"),
+    ("+logger.tensorboard.bogus=1", "unknown config key: logger.tensorboard.bogus"),
+    ("~model", "no model is chosen"),
+    ("model=", "model=(nothing) is not an option of model"),
+    ("hydra/launcher=nope", "hydra/launcher=nope is not an option of hydra/launcher"),
+    ("trainer.epochs=${oops}", "trainer.epochs: Interpolation key 'oops' not found"),
+    ("hydra.run.dir=", "hydra.run.dir / hydra.sweep.dir is empty"),
 ])
 def test_bad_input_gives_one_line_before_any_folder_or_data(tmp_path, cache, overrides, expected):
     """Checked before Hydra makes the run folder: one line, exit 2, nothing written."""

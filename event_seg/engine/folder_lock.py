@@ -37,6 +37,7 @@ def hold(folder: Path, remove_if_unused: bool = False) -> None:
     key = str(folder.resolve())
     if key in _held:
         return
+    created = not folder.exists()  # only a folder made here is removed again (at exit, unused)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -50,7 +51,7 @@ def hold(folder: Path, remove_if_unused: bool = False) -> None:
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _held[key] = fd
     if remove_if_unused:
-        atexit.register(_remove_if_unused, folder)
+        atexit.register(_remove_if_unused, folder, created)
 
 
 def is_unused(folder: Path) -> bool:
@@ -58,13 +59,15 @@ def is_unused(folder: Path) -> bool:
     return all(p.name == LOCK_NAME for p in Path(folder).iterdir())
 
 
-def _remove_if_unused(folder: Path) -> None:
+def _remove_if_unused(folder: Path, created: bool) -> None:
+    """Takes back what the claim added: the lock file, and the folder if the claim made it."""
     try:
         if str(folder.resolve()) not in _held or not is_unused(folder):
             return
         (folder / LOCK_NAME).unlink()
         release(folder)
-        folder.rmdir()
+        if created:
+            folder.rmdir()
     except OSError:
         pass  # someone else's lock file appeared meanwhile: theirs now
 
