@@ -51,8 +51,11 @@ class StopRequest:
             os._exit(130)  # a second Ctrl-C: out now, no clean-up
         if self.signum is None:
             self.signum = signum
-            log.warning("%s received: stopping at the next batch boundary "
-                        "(Ctrl-C again to exit at once)", signal.Signals(signum).name)
+            # Not through logging: the signal may land while the main thread is inside a log
+            # handler's write to the same file (a reentrant-call error). A raw write to stderr
+            # is safe here; the stop itself is logged at the batch boundary.
+            os.write(2, f"{signal.Signals(signum).name} received: stopping at the next batch "
+                        f"boundary (Ctrl-C again to exit at once)\n".encode())
 
     def check(self, epoch: int) -> None:
         if self.signum is not None:
