@@ -137,6 +137,7 @@ class TrainerConfig:
     nonfinite: str = "stop"  # a NaN/inf loss: stop (naming epoch and batch) or skip the batch
     memory_format: str = "auto"  # auto (channels_last on CUDA) | channels_last | contiguous
     compile: bool = False  # torch.compile the training model (GPU; minutes of warm-up)
+    deterministic: bool = False  # reproducible GPU runs: deterministic kernels, fixed-point scatter
     vis: VisConfig = field(default_factory=VisConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

@@ -1,4 +1,4 @@
-"""Model factory and how a batch becomes the model input."""
+"""Model factory (the model input is built in data/device_input.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ import os
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def model_input(batch: dict, modality: str):
-    """Concatenates the chosen inputs along channels: rgb [B,3,H,W] and/or events [B,C,H,W]."""
-    import torch
-
-    if modality == "rgb":
-        return batch["rgb"]
-    if modality == "events":
-        return batch["events"]
-    return torch.cat([batch["rgb"], batch["events"]], dim=1)
 
 
 def build_model(model_cfg, info):

@@ -1,12 +1,13 @@
 """``event-seg-prepare [overrides]``
 
-Precomputes the event tensors of every split:
+Packs every split into the prepared cache (decoded frames and labels, window events):
 
-    event-seg-prepare dataset=event_scapes dataset.root=/data/EventScape dataset.num_bins=10
+    event-seg-prepare dataset=event_scapes dataset.root=/data/EventScape
 
 Takes the same overrides as training; training with the same dataset settings then reads the
-tensors instead of binning raw events (and gives the same tensors). Nothing is written into
-outputs/: the tensors go to ``<paths.cache_dir>/representations/<settings hash>/``.
+packed files instead of decoding PNGs and event files (the same samples; a file changed since
+is read raw again). Nothing is written into outputs/: the cache goes to
+``<paths.cache_dir>/packed/<settings hash>/<split folder>/``.
 """
 
 from __future__ import annotations
@@ -25,30 +26,31 @@ def usage() -> str:
 
 
 def prepare(cfg) -> dict:
-    """Fills the cache for every split; returns {split: samples}."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
+    """Packs every split into the prepared cache; returns {split: counts}."""
     from . import config as _config
-    from .data import build_data
-    from .data.build import RAW_EVENT_FORMATS
+    from .data.build import resolve_root, split_dataset
+    from .data.packed_cache import PackedCache
 
     _config.validate(cfg)
-    if cfg.dataset.format not in RAW_EVENT_FORMATS:
-        print(f"nothing to prepare: {cfg.dataset.name} ships its event tensors precomputed")
-        return {}
-    data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed, prepare=True)
-    done = {}
-    for split, loader in data.loaders.items():
-        dataset = loader.dataset
-        # One sample at a time, in parallel workers; the samples themselves are dropped.
-        reader = DataLoader(dataset, batch_size=None, shuffle=False,
-                            num_workers=cfg.trainer.num_workers, collate_fn=lambda s: None)
-        for _ in tqdm(reader, total=len(dataset), desc=f"prepare {split}", unit="sample"):
-            pass
-        done[split] = len(dataset)
-    cache = loader.dataset.cache
-    print(f"prepared {sum(done.values())} event tensors {done} in {cache.dir}")
+    dataset_cfg = cfg.dataset
+    root = resolve_root(dataset_cfg, cfg.paths.cache_dir, progress=cfg.trainer.progress_bar)
+    cache = PackedCache(cfg.paths.cache_dir, dataset_cfg, root)
+    done, packed_folders = {}, {}
+    for split, folder in dataset_cfg.splits.items():
+        if folder is None:
+            continue
+        if folder in packed_folders:  # val and test often share a folder: packed once
+            done[split] = done[packed_folders[folder]]
+            continue
+        reader, _ = split_dataset(dataset_cfg, split, root / folder, transform=None)
+        done[split] = cache.write_split(split, reader, num_workers=cfg.trainer.num_workers,
+                                        progress=cfg.trainer.progress_bar)
+        packed_folders[folder] = split
+    for split, counts in done.items():
+        print(f"{split}: {counts['samples']} samples ({counts['raw_events']} with raw events, "
+              f"{counts['dense_events']} with a float16 representation), "
+              f"{counts['bytes'] / 2 ** 20:.1f} MiB")
+    print(f"prepared cache: {cache.dir}")
     return done
 
 

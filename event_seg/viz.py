@@ -134,13 +134,11 @@ def render_panels(rgb: np.ndarray, events: np.ndarray, mask: np.ndarray, pred: n
 
 
 def panel_renderer(info):
-    """``render(rgb, events, mask, pred, ids) -> Panels`` for a dataset; rgb comes normalised
-    float [B,3,H,W] as the loader yields it and is turned back into displayable uint8 here."""
-    from .data.transforms import denormalize_rgb
+    """``render(rgb, events, mask, pred, ids) -> Panels`` for a dataset: rgb uint8 [B,H,W,3] as
+    the loader yields it, events the representation the model saw [B,C,H,W]."""
 
     def render(rgb, events, mask, pred, ids) -> Panels:
-        rgb_u8 = np.stack([denormalize_rgb(x) for x in rgb])
-        return render_panels(rgb_u8, events, mask, pred, ids, info.palette, info.class_names,
+        return render_panels(rgb, events, mask, pred, ids, info.palette, info.class_names,
                              info.ignore_index, info.representation)
 
     return render

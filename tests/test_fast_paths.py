@@ -22,7 +22,8 @@ def test_channels_last_computes_what_contiguous_does(tmp_path, cache):
     batch = next(iter(plain.data.loaders["train"]))
     results = []
     for trainer in (plain, fast):
-        inputs, target = trainer._to_device(batch)
+        built = trainer.inputs(batch)
+        inputs, target = built.inputs, built.target
         # Eval mode: BatchNorm with running statistics is well conditioned, so the comparison
         # is tight; in train mode, BatchNorm over a 2-sample batch of 1x2 maps deep in the net
         # amplifies the rounding of the other kernels into percent-level gradient noise.

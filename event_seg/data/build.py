@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .event_scapes import DatasetError, EventScapesDataset, index_split
+from .collate import collate_compact
 from .events import representation_channels
 from .sample import SkipCorrupt
 from .sampling import EpochSampler, SeededSamples
@@ -100,23 +101,12 @@ def resolve_root(dataset_cfg, cache_dir: str, progress: bool = True) -> Path:
     return root
 
 
-RAW_EVENT_FORMATS = ("event_scapes", "dsec_semantic")
+def open_packed_split(dataset_cfg, root: Path, cache_dir: str, split: str):
+    """The prepared cache of this split for these settings, or None (then samples are read
+    from the raw files; event-seg-prepare writes the cache)."""
+    from .packed_cache import PackedCache
 
-
-def representation_cache(dataset_cfg, root: Path, cache_dir: str, writable: bool = False):
-    """The cache for this dataset's event tensors, or None where there is nothing to cache."""
-    if dataset_cfg.format not in RAW_EVENT_FORMATS:
-        return None
-    from .cache import RepresentationCache
-
-    params = {"format": dataset_cfg.format, "root": str(root.resolve()),
-              "representation": dataset_cfg.representation, "num_bins": dataset_cfg.num_bins,
-              "normalize": dataset_cfg.normalize_events}
-    if dataset_cfg.format == "dsec_semantic":
-        dsec = dataset_cfg.dsec
-        params.update(duration_ms=dsec.duration_ms, num_events=dsec.num_events,
-                      rectify=dsec.rectify)
-    return RepresentationCache(cache_dir, params, writable=writable)
+    return PackedCache(cache_dir, dataset_cfg, root).open_split(split)
 
 
 def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
@@ -141,9 +131,8 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             affine_p=aug.affine_p, scale=list(aug.scale), rotate_deg=aug.rotate_deg,
             translate=aug.translate, photometric_p=aug.photometric_p)
         datasets[split], n_skipped = split_dataset(dataset_cfg, split, root / folder, transform)
-        if prepare or dataset_cfg.representation_cache:
-            datasets[split].cache = representation_cache(dataset_cfg, root, cache_dir,
-                                                         writable=prepare)
+        if dataset_cfg.representation_cache and not prepare:
+            datasets[split].cache = open_packed_split(dataset_cfg, root, cache_dir, split)
         if dataset_cfg.skip_corrupt:
             datasets[split] = SkipCorrupt(datasets[split])
         skipped[split] = n_skipped
@@ -187,6 +176,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=_seed_worker,
+            collate_fn=collate_compact,
             # Worker base seeds are drawn from this, not from the global RNG, which belongs to
             # the model (dropout) and is restored exactly on resume.
             generator=torch.Generator().manual_seed(seed),

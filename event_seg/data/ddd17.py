@@ -21,8 +21,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .event_scapes import read_label
-from .labels import remap_labels
-from .sample import make_sample
+from .sample import CompactReader
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MODALITY_FOLDERS = ("images", "labels", "events")
@@ -59,6 +58,9 @@ def read_gray_as_rgb(path: Path) -> np.ndarray:
 
 
 def read_event_tensor(path: Path, channels: int) -> np.ndarray:
+    """The stored ``(H, W, channels)`` tensor as a CHW view, as it is (float32 in the release).
+    Non-finite values are a ``DatasetError`` naming the file: they would reach the model
+    silently and surface epochs later as a NaN loss naming nothing."""
     try:
         tensor = np.load(path, allow_pickle=False)
     except Exception as e:  # truncated or not an .npy at all
@@ -66,28 +68,39 @@ def read_event_tensor(path: Path, channels: int) -> np.ndarray:
     if tensor.ndim != 3 or tensor.shape[2] != channels:
         raise DatasetError(f"event tensor {path} has shape {tensor.shape}; expected "
                            f"(H, W, {channels})")
-    return tensor.astype(np.float32, copy=False)
+    if tensor.dtype.kind != "f":
+        tensor = tensor.astype(np.float32)
+    if not np.isfinite(tensor).all():
+        raise DatasetError(f"event tensor {path} holds NaN or infinite values (corrupt file?)")
+    return tensor.transpose(2, 0, 1)
 
 
-class DDD17Dataset:
+class DDD17Dataset(CompactReader):
+    """Triples (image, label, events) read as compact samples: the grayscale frame as uint8
+    RGB, the mask as uint8, the event tensor dense and as stored."""
+
     def __init__(self, triples, event_channels: int, label_map, ignore_index: int,
                  transform=None):
-        self.triples = list(triples)
+        super().__init__(triples, label_map, ignore_index, transform)
         self.event_channels = event_channels
-        self.label_map = label_map
-        self.ignore_index = ignore_index
-        self.transform = transform
 
-    def __len__(self) -> int:
-        return len(self.triples)
+    @property
+    def triples(self):
+        return self.frames
 
-    def __getitem__(self, index: int) -> dict:
-        image, label, events = self.triples[index]
+    def sample_id(self, index: int) -> str:
+        image = self.frames[index][0]
+        return f"{image.parent.parent.name}/{image.stem}"
+
+    def sources(self, index: int) -> list:
+        return list(self.frames[index])
+
+    def read(self, index: int) -> dict:
+        image, label, events = self.frames[index]
         rgb = read_gray_as_rgb(image)
-        mask = remap_labels(read_label(label), self.label_map, self.ignore_index)
+        mask = self.class_mask(read_label(label))
         tensor = read_event_tensor(events, self.event_channels)
-        if not (rgb.shape[:2] == mask.shape == tensor.shape[:2]):
+        if not (rgb.shape[:2] == mask.shape == tensor.shape[1:]):
             raise DatasetError(f"DDD17 sample sizes differ: {image.name} {rgb.shape[:2]}, "
-                               f"{label.name} {mask.shape}, {events.name} {tensor.shape[:2]}")
-        return make_sample(rgb, tensor, mask, f"{image.parent.parent.name}/{image.stem}",
-                           self.transform)
+                               f"{label.name} {mask.shape}, {events.name} {tensor.shape[1:]}")
+        return {"rgb": rgb, "mask": mask, "dense": tensor, "id": self.sample_id(index)}

@@ -13,9 +13,11 @@ Files are opened lazily, once per DataLoader worker (h5py handles do not survive
 Event time ``t`` (microseconds) plus ``t_offset`` is the label clock. The window before each
 label is either a fixed duration or a fixed number of events, found through ``ms_to_idx``
 (the index of the first event at or after each millisecond) and refined with a binary search.
-Events are binned at the 640 x 480 sensor size and the bottom 40 rows are dropped to match the
-640 x 440 labels. With ``rectify``, coordinates go through ``rectify_map`` and are rounded to
-the nearest pixel (ESS interpolates bilinearly instead); events landing off the sensor are dropped.
+Events are checked against the 640 x 480 sensor (coordinates outside it are a ``DatasetError``
+naming the file) and those in the bottom 40 rows are dropped to match the 640 x 440 labels; the
+representation (built on the training device) normalises time over the events kept. With
+``rectify``, coordinates go through ``rectify_map`` and are rounded to the nearest pixel (ESS
+interpolates bilinearly instead); events landing off the sensor are dropped.
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import DatasetError
-from .cache import file_identity
 from .event_scapes import read_label
-from .sample import RawEventsDataset, make_sample
+from .sample import RawEventsDataset
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,11 @@ def index_split(split_dir: Path, sequences: Optional[Sequence[str]], classes: in
         label_dir = _require(seq / "semantic" / f"{classes}classes" / "data",
                              f"{classes}-class label folder")
         stamps_file = _require(seq / "semantic" / "timestamps.txt", "label timestamps")
-        stamps = np.loadtxt(stamps_file, dtype=np.int64, ndmin=1)
+        try:
+            stamps = np.loadtxt(stamps_file, dtype=np.int64, ndmin=1)
+        except ValueError as e:
+            raise DatasetError(f"{stamps_file} does not hold one integer timestamp (us) per "
+                               f"line: {' '.join(str(e).split())[:120]}") from None
         labels = sorted(label_dir.glob("*.png"))
         if len(labels) != len(stamps):
             raise DatasetError(f"{seq.name}: {len(labels)} label images but {len(stamps)} "
@@ -135,7 +140,7 @@ class DsecSemanticDataset(RawEventsDataset):
         return self._files[seq]
 
     def read_events(self, frame: DsecFrame) -> dict:
-        path, f, rect, (ms_to_idx, t_offset) = self._open(frame.sequence)
+        path, f, _, (ms_to_idx, t_offset) = self._open(frame.sequence)
         try:
             t_ds = f["events/t"]
             # Binary searches read only the slices they touch; the window is then read once.
@@ -147,32 +152,41 @@ class DsecSemanticDataset(RawEventsDataset):
         except KeyError as e:
             raise DatasetError(f"{path} lacks {e}; expected events/{{x,y,t,p}}, t_offset, "
                                f"ms_to_idx") from None
-        if rect is not None and len(events["x"]):
-            xy = rect[events["y"].astype(np.int64), events["x"].astype(np.int64)]
-            x, y = np.rint(xy[:, 0]).astype(np.int64), np.rint(xy[:, 1]).astype(np.int64)
-            keep = (x >= 0) & (x < SENSOR_WIDTH) & (y >= 0) & (y < SENSOR_HEIGHT)
-            events = {"x": x[keep], "y": y[keep], "t": events["t"][keep], "p": events["p"][keep]}
         return events
 
-    def __getitem__(self, index: int) -> dict:
+    def rectified(self, frame: DsecFrame, events: dict) -> dict:
+        """Checked sensor coordinates through ``rectify_map``, rounded; off-sensor ones dropped."""
+        rect = self._open(frame.sequence)[2]
+        if rect is None or not len(events["x"]):
+            return events
+        xy = rect[events["y"], events["x"]]
+        with np.errstate(invalid="ignore"):  # NaN entries of the map: dropped below
+            x, y = np.rint(xy[:, 0]), np.rint(xy[:, 1])
+            keep = (x >= 0) & (x < SENSOR_WIDTH) & (y >= 0) & (y < SENSOR_HEIGHT)
+        return {"x": x[keep].astype(np.int16), "y": y[keep].astype(np.int16),
+                "t": events["t"][keep], "p": events["p"][keep]}
+
+    def sources(self, index: int) -> list:
+        frame = self.frames[index]
+        return [frame.sequence / "events" / "left" / "events.h5", frame.label]
+
+    def read(self, index: int) -> dict:
+        from .events import compact_events
+
         frame = self.frames[index]
         tags = read_label(frame.label)
         if tags.shape != (LABEL_HEIGHT, SENSOR_WIDTH):
             raise DatasetError(f"label {frame.label} is {tags.shape}; DSEC labels are "
                                f"{LABEL_HEIGHT}x{SENSOR_WIDTH}")
-        mask = self.class_mask(tags)
-        try:
-            source = (f"{file_identity(frame.sequence / 'events' / 'left' / 'events.h5')}"
-                      f"|{frame.timestamp_us}")
-            tensor = self.cached_event_tensor(
-                source, lambda: self.event_tensor(self.read_events(frame), SENSOR_HEIGHT,
-                                                  SENSOR_WIDTH))
-        except ValueError as e:
-            raise DatasetError(f"{frame.sequence}: {e}") from None
-        # The labels cover the top 440 rows of the sensor.
-        events = np.ascontiguousarray(tensor[:, :LABEL_HEIGHT].transpose(1, 2, 0))
-        # No RGB aligned to the event camera ships with DSEC-Semantic: a zero image keeps the
-        # sample contract; the modality check refuses rgb and rgb+events before training.
-        rgb = np.zeros((LABEL_HEIGHT, SENSOR_WIDTH, 3), np.uint8)
-        return make_sample(rgb, events, mask, frame.id, self.transform)
-
+        raw = self.read_events(frame)
+        path = frame.sequence / "events" / "left" / "events.h5"
+        events = compact_events(raw["x"], raw["y"], raw["t"], raw["p"], SENSOR_HEIGHT,
+                                SENSOR_WIDTH, f"{path} (window before {frame.timestamp_us} us)")
+        events = self.rectified(frame, events)
+        # The labels cover the top 440 rows of the sensor: events below them are dropped.
+        inside = events["y"] < LABEL_HEIGHT
+        if not inside.all():
+            events = {k: v[inside] for k, v in events.items()}
+        # No RGB aligned to the event camera ships with DSEC-Semantic: the sample has none, and
+        # the modality check refuses rgb and rgb+events before training.
+        return {"rgb": None, "mask": self.class_mask(tags), "events": events, "id": frame.id}

@@ -8,8 +8,9 @@
         semantic/data/  TT_SSS_FFFF_gt_labelIds.png
 
 Modalities are paired by the frame index in the file names. Frames without an events file (the
-first of each sequence in the release) are skipped and counted. Event tensors are built on the fly
-from the raw ``.npz`` (x, y, t, p); the time unit does not matter for the voxel grid, which
+first of each sequence in the release) are skipped and counted. A sample carries the
+window's raw events from the ``.npz`` (x, y, t, p) in compact dtypes; the representation is
+built on the training device. The time unit does not matter for the voxel grid, which
 normalises time over each window.
 """
 
@@ -25,8 +26,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import DatasetError  # noqa: F401  (re-exported)
-from .cache import file_identity
-from .sample import RawEventsDataset, make_sample
+from .sample import RawEventsDataset
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,17 @@ def sniff_time_unit(frames: List[FrameFiles]) -> Optional[str]:
         stamps_file = f.events.parent / "timestamps.txt"
         if not stamps_file.is_file():
             continue
-        stamps = np.loadtxt(stamps_file, ndmin=2)
+        try:
+            stamps = np.loadtxt(stamps_file, ndmin=2)
+        except ValueError:  # not numbers: the unit stays unknown (it is informational)
+            continue
         if stamps.shape[0] < 2:
             continue
         try:
             t = read_events(f.events)["t"]
         except DatasetError:  # reported (or skipped) when the sample itself is read
             continue
-        if t.size > 1:
+        if t.size > 1 and np.isfinite(t).all():
             return detect_time_unit(float(t.max()) - float(t.min()),
                                     float(np.median(np.diff(stamps[:, -1]))))
     return None
@@ -110,7 +113,7 @@ def read_rgb(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise DatasetError(f"cannot read image {path} (missing or corrupt file)")
-    return np.ascontiguousarray(img[..., ::-1])
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -133,29 +136,32 @@ def read_events(path: Path) -> dict:
 
 
 class EventScapesDataset(RawEventsDataset):
-    """A map-style dataset returning the shared sample dict (see DESIGN.md).
+    """A map-style dataset returning compact samples (see sample.make_sample).
 
     Args:
         frames: the indexed frames of one split.
-        representation, num_bins, normalize_events: the event tensor to build.
-        height, width: the sensor size the events are binned at (the frame size).
+        representation, num_bins, normalize_events: the event tensor the device builds.
         label_map: ``label_map[tag]`` is the class of tag ``tag``; others become ``ignore_index``.
         transform: a joint transform (see transforms.py) or None.
+
+    The events are binned at the frame size (the sensor): coordinates outside it, non-finite
+    stamps or a file without x, y, t, p are a ``DatasetError`` naming the file.
     """
 
-    def __getitem__(self, index: int) -> dict:
+    def sources(self, index: int) -> list:
+        f = self.frames[index]
+        return [f.rgb, f.label, f.events]
+
+    def read(self, index: int) -> dict:
+        from .events import compact_events
+
         f = self.frames[index]
         rgb = read_rgb(f.rgb)
         height, width = rgb.shape[:2]
         tags = read_label(f.label)
         if tags.shape != (height, width):
             raise DatasetError(f"label {f.label} is {tags.shape}, its RGB frame {height}x{width}")
-        mask = self.class_mask(tags)
-        try:
-            events = self.cached_event_tensor(
-                file_identity(f.events),
-                lambda: self.event_tensor(read_events(f.events), height, width))
-        except ValueError as e:
-            raise DatasetError(f"{f.events}: {e}") from None
-        events = np.ascontiguousarray(events.transpose(1, 2, 0))  # HWC for the transforms
-        return make_sample(rgb, events, mask, f.id, self.transform)
+        raw = read_events(f.events)
+        events = compact_events(raw["x"], raw["y"], raw["t"], raw["p"], height, width,
+                                str(f.events))
+        return {"rgb": rgb, "mask": self.class_mask(tags), "events": events, "id": f.id}

@@ -134,3 +134,198 @@ def events_to_tensor(events: dict, representation: str, num_bins: int, height: i
         return np.log1p(grid) if normalize else grid
     representation_channels(representation, num_bins)  # raises the readable error
     raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compact window events: what a reader hands over instead of a dense tensor
+# ---------------------------------------------------------------------------------------------
+
+def compact_events(x, y, t, p, height: int, width: int, source: str) -> dict:
+    """The window's events in small dtypes, checked: ``x``, ``y`` int16, ``t`` the offset from
+    the window's first stamp (int32 when it fits, else int64; float32 for float stamps) and
+    ``p`` int8 -1/+1.
+
+    Raises ``DatasetError`` naming ``source`` for non-finite stamps, unequal lengths or
+    coordinates outside the ``height`` x ``width`` sensor (a corrupt file, never an index error
+    later). Time offsets keep the voxel grid exact: it normalises time per window, and offsets
+    inside one window are small integers where the raw stamps (epoch nanoseconds) are not.
+    """
+    from ..errors import DatasetError
+
+    x, y, t, p = (_as_numpy(a) for a in (x, y, t, p))
+    n = x.size
+    if not (y.size == t.size == p.size == n):
+        raise DatasetError(f"{source}: event arrays differ in length (x {x.size}, y {y.size}, "
+                           f"t {t.size}, p {p.size})")
+    if height > 32767 or width > 32767:
+        raise DatasetError(f"{source}: a {height}x{width} sensor is beyond 16-bit coordinates")
+    if n == 0:
+        return {"x": np.zeros(0, np.int16), "y": np.zeros(0, np.int16),
+                "t": np.zeros(0, np.int32), "p": np.zeros(0, np.int8)}
+    if t.dtype.kind == "f":
+        if not np.isfinite(t).all():
+            raise DatasetError(f"{source}: event timestamps hold NaN or infinity")
+    elif t.dtype.kind not in "iu":
+        raise DatasetError(f"{source}: event timestamps have dtype {t.dtype}, not numbers")
+    for name, a in (("x", x), ("y", y)):
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise DatasetError(f"{source}: event coordinate {name} holds NaN or infinity")
+    low = 0 if x.dtype.kind == "u" and y.dtype.kind == "u" else min(x.min(), y.min())
+    if low < 0 or x.max() >= width or y.max() >= height:
+        raise DatasetError(
+            f"{source}: event coordinates outside the {height}x{width} sensor (x in "
+            f"[{x.min()}, {x.max()}], y in [{y.min()}, {y.max()}])")
+    t0 = t.min()
+    if t.dtype.kind == "f":
+        offset = (t - t0).astype(np.float32)
+    else:
+        offset = t - t0  # exact in the stamps' own integer type
+        offset = offset.astype(np.int32 if offset.max() <= np.iinfo(np.int32).max else np.int64)
+    if p.dtype == np.bool_ or p.dtype.kind == "u":
+        sign = p.astype(np.int8)
+        sign *= 2
+        sign -= 1  # 0/1 -> -1/+1 (the signed cast first: see signed_polarity)
+    else:
+        sign = np.where(p > 0, 1, -1).astype(np.int8)
+    return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": offset, "p": sign}
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched representations in torch, on the device of their inputs
+# ---------------------------------------------------------------------------------------------
+# A batch's events are one flat set of arrays with ``batch_index`` naming each event's sample
+# (the layout of EST and OpenEB's event_to_tensor_torch). Each function equals its numpy
+# reference above sample by sample. On CUDA, float index_add_ uses atomics: the order of the
+# additions, and so the last bits of a cell, may change from run to run. ``deterministic=True``
+# accumulates in fixed point (integers add in any order to the same sum) at a small cost.
+
+FIXED_POINT_SCALE = 2.0 ** 24  # weights in [-1, 1] to ~6e-8; int64 holds 5e11 events per cell
+
+
+def _per_sample(values, batch_index, batch_size: int, reduce: str):
+    import torch
+
+    fill = values.max() if reduce == "amin" else values.min()
+    out = torch.full((batch_size,), 0, dtype=values.dtype, device=values.device)
+    out.fill_(fill) if values.numel() else None
+    return out.scatter_reduce(0, batch_index, values, reduce=reduce, include_self=True)
+
+
+def _signed(p):
+    import torch
+
+    if p.dtype == torch.bool:
+        return p.to(torch.float32) * 2 - 1
+    return torch.where(p > 0, 1.0, -1.0).to(torch.float32)
+
+
+def _scatter_add(size: int, cells, weights, deterministic: bool):
+    import torch
+
+    if deterministic:
+        fixed = torch.zeros(size, dtype=torch.int64, device=cells.device)
+        fixed.index_add_(0, cells, torch.round(weights.double() * FIXED_POINT_SCALE).long())
+        return (fixed.double() / FIXED_POINT_SCALE).float()
+    out = torch.zeros(size, dtype=torch.float32, device=cells.device)
+    return out.index_add_(0, cells, weights)
+
+
+def _check_coordinates(x, y, batch_index, batch_size: int, height: int, width: int) -> None:
+    # Only where it costs no device sync: on CUDA the readers and transforms have already
+    # guaranteed the ranges (an out-of-range index there is a device-side assert).
+    if x.device.type != "cpu" or not x.numel():
+        return
+    if (int(x.min()) < 0 or int(y.min()) < 0 or int(x.max()) >= width or int(y.max()) >= height
+            or int(batch_index.min()) < 0 or int(batch_index.max()) >= batch_size):
+        raise ValueError(f"event coordinates or batch indices out of range for a batch of "
+                         f"{batch_size} {height}x{width} frames")
+
+
+def voxel_grid_batch(x, y, t, p, batch_index, batch_size: int, num_bins: int, height: int,
+                     width: int, normalize: bool = False, deterministic: bool = False):
+    """The rpg voxel grid of every sample of a packed batch: float32 ``[B, num_bins, H, W]``.
+
+    Per sample, exactly as :func:`voxel_grid`: time normalised over the sample's own first and
+    last stamp, bilinear weights in time, polarity -1/+1 (0/1 and bool accepted), all-equal
+    stamps in bin 0, an empty sample all zeros, and with ``normalize`` its non-zero cells
+    standardised on their own.
+    """
+    import torch
+
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    device = x.device
+    plane = height * width
+    if not x.numel():
+        return torch.zeros(batch_size, num_bins, height, width, device=device)
+    b = batch_index.long()
+    _check_coordinates(x, y, b, batch_size, height, width)
+    if t.dtype.is_floating_point:
+        t = t.double()
+    else:
+        t = t.long()
+    t0 = _per_sample(t, b, batch_size, "amin")
+    span = (_per_sample(t, b, batch_size, "amax") - t0).double()
+    # The same float32 arithmetic as the numpy reference: an exact offset, then one scale.
+    scale = torch.where(span > 0, (num_bins - 1) / span.clamp(min=1e-300),
+                        torch.zeros_like(span)).float()
+    tn = (t - t0[b]).float() * scale[b]
+    left = tn.long()  # tn >= 0: truncation is the floor
+    frac = tn - left
+    sign = _signed(p)
+    right_weight = sign * frac
+    cells = (b * (num_bins + 1) + left) * plane + y.long() * width + x.long()
+    size = batch_size * (num_bins + 1) * plane
+    grid = _scatter_add(size, torch.cat([cells, cells + plane]),
+                        torch.cat([sign - right_weight, right_weight]), deterministic)
+    # Weights one bin past the last (frac is 0 there) went to a spare plane: cut off.
+    grid = grid.view(batch_size, num_bins + 1, height, width)[:, :num_bins].contiguous()
+    return normalize_nonzero_batch(grid) if normalize else grid
+
+
+def normalize_nonzero_batch(grid):
+    """Per sample of ``[B, C, H, W]``: standardise the non-zero cells (mean 0, std 1; only
+    centred when std is 0); cells without events stay exactly 0."""
+    import torch
+
+    nonzero = grid != 0
+    count = nonzero.flatten(1).sum(1).clamp(min=1).to(grid.dtype)
+    mean = grid.flatten(1).sum(1) / count
+    centred = torch.where(nonzero, grid - mean.view(-1, 1, 1, 1), torch.zeros_like(grid))
+    std = (centred.square().flatten(1).sum(1) / count).sqrt()
+    scale = torch.where(std > 0, std, torch.ones_like(std))
+    return centred / scale.view(-1, 1, 1, 1)
+
+
+def histogram_batch(x, y, p, batch_index, batch_size: int, height: int, width: int):
+    """Event counts per pixel and polarity of every sample: float32 ``[B, 2, H, W]``
+    (negative, positive), as :func:`histogram`. Integer counts: exact and deterministic."""
+    import torch
+
+    plane = height * width
+    if not x.numel():
+        return torch.zeros(batch_size, 2, height, width, device=x.device)
+    b = batch_index.long()
+    _check_coordinates(x, y, b, batch_size, height, width)
+    positive = (_signed(p) > 0).long()
+    cells = (b * 2 + positive) * plane + y.long() * width + x.long()
+    counts = torch.bincount(cells, minlength=batch_size * 2 * plane)
+    return counts.float().view(batch_size, 2, height, width)
+
+
+def events_to_tensor_batch(events: dict, batch_size: int, representation: str, num_bins: int,
+                           height: int, width: int, normalize: bool = False,
+                           deterministic: bool = False):
+    """The configured representation of a packed batch (``x``, ``y``, ``t``, ``p``,
+    ``batch_index``), as :func:`events_to_tensor` builds it per sample."""
+    import torch
+
+    x, y, p, b = events["x"], events["y"], events["p"], events["batch_index"]
+    if representation == "voxel_grid":
+        return voxel_grid_batch(x, y, events["t"], p, b, batch_size, num_bins, height, width,
+                                normalize=normalize, deterministic=deterministic)
+    if representation == "histogram":
+        grid = histogram_batch(x, y, p, b, batch_size, height, width)
+        return torch.log1p(grid) if normalize else grid
+    representation_channels(representation, num_bins)  # raises the readable error
+    raise AssertionError("unreachable")

@@ -8,14 +8,19 @@ import numpy as np
 
 
 def remap_labels(tags: np.ndarray, label_map: Optional[Sequence[int]], ignore_index: int) -> np.ndarray:
-    """Maps raw label ids to training classes with a lookup table; unknown ids become ignore.
+    """Maps raw label ids to training classes with a lookup table: a uint8 mask (masks travel
+    as uint8; the config keeps classes and ``ignore_index`` below 256). Unknown ids become
+    ignore.
 
-    ``label_map[i]`` is the class of raw id ``i``; ``None`` keeps ids as they are.
+    ``label_map[i]`` is the class of raw id ``i``; ``None`` keeps ids as they are (ids above 255
+    become ignore).
     """
     if label_map is None:
-        return tags.astype(np.int64)
-    lut = np.full(256 if tags.dtype == np.uint8 else max(int(tags.max()) + 1, len(label_map)),
-                  ignore_index, dtype=np.int64)
+        if tags.dtype == np.uint8:
+            return tags
+        label_map = range(256)
+    size = 256 if tags.dtype == np.uint8 else max(int(tags.max()) + 1, len(label_map))
+    lut = np.full(size, ignore_index, dtype=np.uint8)
     lut[: len(label_map)] = np.asarray(label_map, dtype=np.int64)
     return lut[tags]
 

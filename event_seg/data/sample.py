@@ -2,63 +2,83 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
-def make_sample(rgb: np.ndarray, events_hwc: np.ndarray, mask: np.ndarray, sample_id: str,
-                transform=None) -> dict:
-    """``rgb`` uint8 HWC, ``events_hwc`` float HWC, ``mask`` int HW -> the sample dict:
-    ``rgb`` float32 [3,H,W], ``events`` float32 [C,H,W], ``mask`` int64 [H,W], ``id`` str."""
+def make_sample(rgb, mask: np.ndarray, sample_id: str, events: Optional[dict] = None,
+                dense: Optional[np.ndarray] = None, transform=None) -> dict:
+    """The compact sample every reader returns (see DESIGN.md), after the joint transform.
+
+    ``rgb``: uint8 ``[H, W, 3]`` or None (no frame ships with the dataset); ``mask``: uint8
+    ``[H, W]`` class ids (``ignore_index`` where unlabelled); ``events``: the window's raw events
+    in small dtypes (see events.compact_events) or None; ``dense``: an event tensor ``[C, H, W]``
+    where the dataset ships one (or the prepared cache holds one), else None. The model input
+    is built from these on the training device (device_input.py).
+    """
+    if mask.dtype != np.uint8:
+        mask = mask.astype(np.uint8)
     if transform is not None:
-        rgb, events_hwc, mask = transform(rgb, events_hwc, mask)
-    return {
-        "rgb": np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32),
-        "events": np.ascontiguousarray(events_hwc.transpose(2, 0, 1), dtype=np.float32),
-        "mask": np.asarray(mask).astype(np.int64),
-        "id": sample_id,
-    }
+        rgb, mask, events, dense = transform(rgb, mask, events, dense)
+    sample = {"mask": np.ascontiguousarray(mask), "id": sample_id}
+    if rgb is not None:
+        sample["rgb"] = np.ascontiguousarray(rgb)
+    if events is not None:
+        sample["events"] = events
+    if dense is not None:
+        sample["dense"] = np.ascontiguousarray(dense)
+    return sample
 
 
-class RawEventsDataset:
-    """What every reader that bins raw events shares: the frame list, the representation to
-    build, the label mapping and the joint transform. Subclasses implement ``__getitem__``."""
+class CompactReader:
+    """What every reader shares: the frame list, the label mapping, the joint transform and the
+    prepared cache. A reader implements ``read(index)`` (the untransformed compact sample:
+    ``rgb``, ``mask``, ``events`` or ``dense``, ``id``) and ``sources(index)`` (the files that
+    sample is read from, which key its cache entry)."""
 
-    def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
-                 label_map, ignore_index: int, transform=None):
+    def __init__(self, frames, label_map, ignore_index: int, transform=None):
         self.frames = list(frames)
-        self.representation = representation
-        self.num_bins = num_bins
-        self.normalize_events = normalize_events
         self.label_map = label_map
         self.ignore_index = ignore_index
         self.transform = transform
-        self.cache = None  # a RepresentationCache, set by build_data / event-seg-prepare
+        self.cache = None  # a PackedSplit of the prepared cache, set by build_data
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def cached_event_tensor(self, source: str, compute) -> np.ndarray:
-        """The tensor from the representation cache when it holds one for ``source``;
-        otherwise ``compute()`` (and store it when the cache is being prepared)."""
-        if self.cache is not None:
-            tensor = self.cache.load(source)
-            if tensor is not None:
-                return tensor
-        tensor = compute()
-        if self.cache is not None and self.cache.writable:
-            self.cache.store(source, tensor)
-        return tensor
+    def read(self, index: int) -> dict:
+        raise NotImplementedError
 
-    def event_tensor(self, events: dict, height: int, width: int) -> np.ndarray:
-        from .events import events_to_tensor
+    def sources(self, index: int) -> list:
+        raise NotImplementedError
 
-        return events_to_tensor(events, self.representation, self.num_bins, height, width,
-                                normalize=self.normalize_events)
+    def sample_id(self, index: int) -> str:
+        return self.frames[index].id
+
+    def __getitem__(self, index: int) -> dict:
+        raw = self.cache.get(self, index) if self.cache is not None else None
+        if raw is None:
+            raw = self.read(index)
+        return make_sample(raw["rgb"], raw["mask"], raw["id"], raw.get("events"),
+                           raw.get("dense"), self.transform)
 
     def class_mask(self, tags: np.ndarray) -> np.ndarray:
         from .labels import remap_labels
 
         return remap_labels(tags, self.label_map, self.ignore_index)
+
+
+class RawEventsDataset(CompactReader):
+    """A reader of raw window events: the representation settings travel with it (the device
+    builds the tensor; the prepared cache may store it dense)."""
+
+    def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
+                 label_map, ignore_index: int, transform=None):
+        super().__init__(frames, label_map, ignore_index, transform)
+        self.representation = representation
+        self.num_bins = num_bins
+        self.normalize_events = normalize_events
 
 
 class SkipCorrupt:

@@ -1,5 +1,14 @@
-"""Joint transforms: geometric ones act identically on RGB, the event tensor and the mask;
-photometric ones (here: normalisation) touch RGB only. Evaluation splits are deterministic."""
+"""Joint transforms on compact samples: one random draw moves RGB, mask and events together.
+
+albumentations draws every geometric parameter and applies it to RGB (uint8) and the mask
+(uint8, nearest neighbour); its recorded parameters (``save_applied_params``) then move the
+window's events by their coordinates (events that leave the frame are dropped) and, where a
+sample carries a dense event tensor (DDD17, or a dense entry of the prepared cache), warp that
+tensor the way the image was warped. No dense float tensor is built for raw events on the CPU:
+the representation is made on the training device from the moved events. Photometric jitter
+touches RGB only; RGB normalisation happens on the device (see device_input.py).
+Evaluation splits are deterministic (centred pad/crop only).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,11 @@ RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 
 
 class JointTransform:
-    """Albumentations pipeline over ``(rgb uint8 HWC, events float32 HWC, mask int HW)``.
+    """Geometric (flip, pad/crop to ``size``, the ``strong`` affine) and photometric transforms.
 
-    Events ride along as an extra image target, so any channel count works and flips apply to
-    all three targets with the same random draw. With ``size=(height, width)`` every sample is
-    padded up to it (RGB and events with 0, the mask with ``ignore_index``, so padding is never
-    scored) and cropped down to it: at random when training, centred otherwise.
+    With ``size=(height, width)`` every sample is padded up to it (RGB and events with 0, the
+    mask with ``ignore_index``, so padding is never scored) and cropped down to it: at random
+    when training, centred otherwise.
     """
 
     def __init__(self, train: bool, hflip: float = 0.5, seed: int = 0, size=None,
@@ -27,8 +35,8 @@ class JointTransform:
 
         geometric = []
         if train and affine_p > 0:
-            # Events are interpolated like an image; the mask by nearest neighbour; uncovered
-            # borders become 0 (RGB, events) and ignore (mask).
+            # A dense event tensor is interpolated like an image; the mask by nearest neighbour;
+            # uncovered borders become 0 (RGB, events) and ignore (mask).
             geometric.append(A.Affine(scale=tuple(scale), rotate=(-rotate_deg, rotate_deg),
                                       translate_percent=(-translate, translate), p=affine_p,
                                       border_mode=cv2.BORDER_CONSTANT, fill=0,
@@ -43,7 +51,7 @@ class JointTransform:
         if train and hflip > 0:
             geometric.append(A.HorizontalFlip(p=hflip))
         # albumentations draws from its own generator: seed it, or runs are not repeatable.
-        self.pipeline = (A.Compose(geometric, additional_targets={"events": "image"}, seed=seed)
+        self.pipeline = (A.Compose(geometric, seed=seed, save_applied_params=True)
                          if geometric else None)
         # Photometric jitter is a separate pipeline on RGB alone: events are not light.
         self.photometric = (A.Compose([A.RandomBrightnessContrast(p=1.0),
@@ -51,20 +59,119 @@ class JointTransform:
                             if train and photometric_p > 0 else None)
 
     def reseed(self, seed: int) -> None:
-        """Called in each DataLoader worker, so workers do not repeat each other's draws."""
+        """Called per sample (sampling.SeededSamples): draws follow (seed, epoch, index)."""
         if self.pipeline is not None:
             self.pipeline.set_random_seed(seed)
         if self.photometric is not None:
             self.photometric.set_random_seed(seed + 1)
 
-    def __call__(self, rgb, events, mask):
+    def __call__(self, rgb, mask, events=None, dense=None):
+        """``rgb`` uint8 HWC (None: the sample has no frame), ``mask`` uint8 HW, ``events`` the
+        compact window events (see events.compact_events) or None, ``dense`` an event tensor
+        CHW or None -> the same four, moved."""
         if self.pipeline is not None:
-            out = self.pipeline(image=rgb, events=events, mask=mask)
-            rgb, events, mask = out["image"], out["events"], out["mask"]
-        if self.photometric is not None:
+            # The draws depend only on the frame size: a one-byte-per-pixel stand-in serves a
+            # sample without RGB.
+            image = rgb if rgb is not None else np.zeros(mask.shape + (1,), np.uint8)
+            out = self.pipeline(image=image, mask=mask)
+            applied = out["applied_transforms"]
+            rgb = out["image"] if rgb is not None else None
+            mask = out["mask"]
+            if events is not None:
+                events = move_events(events, applied)
+            if dense is not None:
+                dense = move_dense(dense, applied)
+        if self.photometric is not None and rgb is not None:
             rgb = self.photometric(image=rgb)["image"]
-        rgb = (rgb.astype(np.float32) - RGB_MEAN) / RGB_STD
-        return rgb, events, mask
+        return rgb, mask, events, dense
+
+
+# ---------------------------------------------------------------------------------------------
+# Replaying albumentations' recorded parameters on event coordinates and dense tensors
+# ---------------------------------------------------------------------------------------------
+
+def _keep(events: dict, keep: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict:
+    if keep.all():
+        return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": events["t"],
+                "p": events["p"]}
+    return {"x": x[keep].astype(np.int16), "y": y[keep].astype(np.int16),
+            "t": events["t"][keep], "p": events["p"][keep]}
+
+
+def move_events(events: dict, applied) -> dict:
+    """Applies the recorded geometric transforms to event coordinates, in order.
+
+    Pixel ``(x, y)`` goes where the image pixel ``(x, y)`` went: flips mirror it, padding
+    shifts it, crops shift it and drop what falls outside, the affine maps it through the
+    matrix albumentations warped the image with and rounds to the nearest pixel.
+    """
+    x = events["x"].astype(np.int32)
+    y = events["y"].astype(np.int32)
+    for name, params in applied:
+        height, width = params["shape"][:2]
+        if name == "HorizontalFlip":
+            x = (width - 1) - x
+        elif name == "PadIfNeeded":
+            x = x + params["pad_left"]
+            y = y + params["pad_top"]
+        elif name in ("RandomCrop", "CenterCrop"):
+            if params.get("pad_params"):
+                raise NotImplementedError(f"{name} with pad_if_needed")
+            x_min, y_min, x_max, y_max = params["crop_coords"]
+            x, y = x - x_min, y - y_min
+            keep = (x >= 0) & (x < x_max - x_min) & (y >= 0) & (y < y_max - y_min)
+            events = _keep(events, keep, x, y)
+            x, y = events["x"].astype(np.int32), events["y"].astype(np.int32)
+        elif name == "Affine":
+            m = np.asarray(params["matrix"], dtype=np.float64)
+            out_h, out_w = params["output_shape"][:2]
+            xf, yf = x.astype(np.float32), y.astype(np.float32)
+            nx = np.rint(m[0, 0] * xf + m[0, 1] * yf + m[0, 2]).astype(np.int32)
+            ny = np.rint(m[1, 0] * xf + m[1, 1] * yf + m[1, 2]).astype(np.int32)
+            keep = (nx >= 0) & (nx < out_w) & (ny >= 0) & (ny < out_h)
+            events = _keep(events, keep, nx, ny)
+            x, y = events["x"].astype(np.int32), events["y"].astype(np.int32)
+        else:  # only the transforms JointTransform builds reach here
+            raise NotImplementedError(f"moving events through {name}")
+    return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": events["t"], "p": events["p"]}
+
+
+def move_dense(dense: np.ndarray, applied) -> np.ndarray:
+    """Applies the recorded geometric transforms to a CHW event tensor of any float dtype
+    (float16 stays float16 except through an affine, which interpolates in float32)."""
+    import cv2
+
+    for name, params in applied:
+        if name == "HorizontalFlip":
+            dense = dense[:, :, ::-1]
+        elif name == "PadIfNeeded":
+            dense = np.pad(dense, ((0, 0), (params["pad_top"], params["pad_bottom"]),
+                                   (params["pad_left"], params["pad_right"])))
+        elif name in ("RandomCrop", "CenterCrop"):
+            x_min, y_min, x_max, y_max = params["crop_coords"]
+            dense = dense[:, y_min:y_max, x_min:x_max]
+        elif name == "Affine":
+            from albumentations.augmentations.geometric import functional as fgeometric
+
+            hwc = np.ascontiguousarray(dense.transpose(1, 2, 0), dtype=np.float32)
+            hwc = fgeometric.warp_affine(hwc, np.asarray(params["matrix"]),
+                                         params["interpolation"], 0, cv2.BORDER_CONSTANT,
+                                         params["output_shape"][:2])
+            dense = hwc.reshape(hwc.shape[:2] + (-1,)).transpose(2, 0, 1)
+        else:
+            raise NotImplementedError(f"moving a dense event tensor through {name}")
+    return np.ascontiguousarray(dense)
+
+
+def normalize_rgb(rgb_u8):
+    """uint8 ``[B, H, W, 3]`` (a torch tensor, on any device) -> float32 ``[B, 3, H, W]``
+    standardised with the ImageNet statistics. The result keeps the channels-last memory
+    layout of its input, which is what a channels-last model wants."""
+    import torch
+
+    mean = torch.as_tensor(RGB_MEAN, device=rgb_u8.device)
+    std = torch.as_tensor(RGB_STD, device=rgb_u8.device)
+    return ((rgb_u8.float() - mean) / std).permute(0, 3, 1, 2)
 
 
 def denormalize_rgb(rgb_chw: np.ndarray) -> np.ndarray:

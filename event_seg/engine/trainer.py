@@ -15,13 +15,14 @@ from contextlib import nullcontext
 from itertools import islice
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
 from ..config import ConfigError
 from ..errors import CheckpointError, NonFiniteLossError
-from ..models import model_input
+from ..data.device_input import ModelInputBuilder
 from .checkpoint import (link_checkpoint, load_checkpoint, remove_stale_temp_files,
                          restore_rng_state, rng_state, save_checkpoint)
 from .crash import crash_point
@@ -67,8 +68,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.trainer.precision, self.device)
         fmt = cfg.trainer.memory_format
         self.channels_last = fmt == "channels_last" or (fmt == "auto" and self.device.type == "cuda")
+        self.deterministic = bool(cfg.trainer.get("deterministic", False))
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+            configure_cuda_determinism(self.deterministic)
         self.model = model.to(self.device)  # the bare model: checkpoints, evaluation
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -83,6 +85,12 @@ class Trainer:
         # No train loader: an evaluation-only trainer (event-seg-evaluate).
         self.steps_per_epoch = (_limited_len(data.loaders["train"], cfg.trainer.limit_batches)
                                 if "train" in data.loaders else 1)
+        # The dense input is built on the device; every batch it sees has the loader's batch size
+        # (a smaller last evaluation batch is padded on a GPU: one shape, tuned once).
+        self.inputs = ModelInputBuilder(
+            self.info, self.device, normalize_events=bool(cfg.dataset.normalize_events),
+            channels_last=self.channels_last, deterministic=self.deterministic,
+            pad_to=cfg.trainer.batch_size if self.device.type == "cuda" else None)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.steps_per_epoch,
                                          cfg.trainer.epochs)
@@ -169,10 +177,10 @@ class Trainer:
                             "so far)", batch_idx, epoch, self.empty_batches)
                 self._check_stop(epoch)
                 continue
-            inputs, target = self._to_device(batch)
+            built = self.inputs(batch)
             with self._autocast():
-                logits = self.train_model(inputs)
-                loss = self._loss(logits, target)
+                logits = self.train_model(built.inputs)
+                loss = self._loss(logits, built.target)
             if self.defer_nonfinite_check:
                 # GPU, nonfinite=stop: note the first bad batch on the device and look every
                 # log_every_n_steps steps, so the step itself never waits for the host.
@@ -193,7 +201,7 @@ class Trainer:
             self.scheduler.apply(self.global_step)  # the rate of the next step
             self._check_stop(epoch)  # a requested stop lands here, between two batches
             crash_point("train", epoch, batch_idx)
-            self._visualize("train", batch_idx, epoch, batch, logits)
+            self._visualize("train", batch_idx, epoch, batch, built, logits)
             loss_sum += loss.detach()
             count += 1
             if count % every == 0:
@@ -236,18 +244,20 @@ class Trainer:
         for batch_idx in range(rounds):
             batch = next(batches, None)
             if batch is not None:
-                inputs, target = self._to_device(batch)
+                built = self.inputs(batch, pad=True)
+                target = built.target
                 with self._autocast():
-                    logits = self.model(inputs)
+                    logits = self.model(built.inputs)
+                # Padded samples (target all ignore) add nothing to the loss or the metrics.
                 loss_sum += self.pixel_loss_sum(logits.float(), target).double()
                 pixels += (target != self.info.ignore_index).sum()
-                samples += target.shape[0]
+                samples += built.samples
             self._check_stop(epoch)
             if batch is None:
                 continue
             crash_point(prefix, epoch, batch_idx)
             if visualize:
-                self._visualize(prefix, batch_idx, epoch, batch, logits)
+                self._visualize(prefix, batch_idx, epoch, batch, built, logits)
             metrics.update(logits.float(), target)
         for _ in batches:  # closes the progress bar
             pass
@@ -315,28 +325,25 @@ class Trainer:
             f"{self._kept_checkpoint()}. Lower optimizer.lr, or set trainer.nonfinite=skip to "
             f"skip such batches")
 
-    def _visualize(self, stage: str, batch_idx: int, epoch: int, batch: dict, logits) -> None:
+    def _visualize(self, stage: str, batch_idx: int, epoch: int, batch: dict, built,
+                   logits) -> None:
         """Hands the first samples of an early batch to the logging thread for panels.
 
-        Only the predicted class ids cross from the device (a small uint8 copy); the inputs are
-        the loader's CPU tensors, which the loader does not reuse.
+        The event panel shows the representation the model saw, copied back for these samples
+        only; RGB and mask are the loader's uint8 CPU tensors (not reused by the loader).
         """
         vis = self.cfg.trainer.vis
         if batch_idx >= vis.num_batches or not getattr(self.loggers, "active", False):
             return
-        k = min(vis.max_samples, logits.shape[0])
+        k = min(vis.max_samples, built.samples)
         pred = logits[:k].detach().argmax(1).to(torch.uint8).cpu().numpy()
-        self.loggers.log_batch(stage, batch_idx, epoch, batch["rgb"][:k].numpy(),
-                               batch["events"][:k].numpy(), batch["mask"][:k].numpy(), pred,
+        mask = batch["mask"][:k].numpy()
+        rgb = (batch["rgb"][:k].numpy() if "rgb" in batch
+               else np.zeros(mask.shape + (3,), np.uint8))
+        events = (built.events[:k].float().cpu().numpy() if built.events is not None
+                  else np.zeros((k, 1) + mask.shape[1:], np.float32))
+        self.loggers.log_batch(stage, batch_idx, epoch, rgb, events, mask, pred,
                                list(batch["id"][:k]))
-
-    def _to_device(self, batch):
-        nb = self.device.type == "cuda"
-        moved = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if torch.is_tensor(v)}
-        inputs = model_input(moved, self.info.modality)
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs, moved["mask"]
 
     def _autocast(self):
         if self.precision in PRECISION_DTYPES:
@@ -478,6 +485,18 @@ class Trainer:
                      self.best_epoch, test["test_mean_iou"], test["test_pixel_accuracy"])
         if self.dist.is_main:
             write_text_atomic(self.trial.metrics_file, json.dumps(summary, indent=2, allow_nan=True))
+
+
+def configure_cuda_determinism(deterministic: bool) -> None:
+    """cudnn autotuning for speed (input shapes are fixed: tuned once), or deterministic kernels
+    (``trainer.deterministic``): no autotuning, deterministic algorithms where torch has them."""
+    import os
+
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _note_first_nonfinite(loss, batch_idx: int, bad_batch, bad_loss):

@@ -1,0 +1,255 @@
+"""The prepared cache: each split packed into a few large files, read by offset.
+
+``event-seg-prepare`` reads every sample of a split once (in parallel workers) and appends its
+decoded arrays to shard files (``data-00000.bin``, a new shard past ``SHARD_BYTES``): the RGB
+frame and the mask as uint8 and, per sample, whichever is smaller, the window's raw events in
+their compact dtypes or the event representation in float16 (a tensor the dataset ships dense,
+DDD17's, is kept as shipped). ``index.json`` maps each sample id to its arrays (shard, byte
+offset, dtype, shape) and to the identity of every file it was read from (path, size,
+modification time, taken before reading).
+
+Training maps the shards into memory and serves a sample from them only when every one of its
+source files still has the recorded identity; a replaced or touched file is read raw again, so
+nothing stale is ever served. The folder is keyed by every setting that shapes what is stored
+(format, root, label mapping, representation, bins, normalisation, window settings); other
+settings simply find no cache. A split is written into a temporary folder and renamed into
+place whole, so a reader never sees half a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SHARD_BYTES = 2 ** 31  # 2 GiB per shard: few files, none unwieldy
+EVENT_FIELDS = ("x", "y", "t", "p")
+
+
+def file_identity(path) -> list:
+    st = os.stat(path)
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def cache_params(dataset_cfg, root: Path) -> dict:
+    params = {"version": CACHE_VERSION, "format": dataset_cfg.format,
+              "root": str(Path(root).resolve()),
+              "label_map": None if dataset_cfg.label_map is None else list(dataset_cfg.label_map),
+              "ignore_index": dataset_cfg.ignore_index,
+              "representation": dataset_cfg.representation, "num_bins": dataset_cfg.num_bins,
+              "normalize": dataset_cfg.normalize_events}
+    if dataset_cfg.format == "dsec_semantic":
+        dsec = dataset_cfg.dsec
+        params.update(duration_ms=dsec.duration_ms, num_events=dsec.num_events,
+                      rectify=dsec.rectify, classes=dsec.classes)
+    if dataset_cfg.format == "ddd17":
+        params["event_channels"] = dataset_cfg.event_channels
+    return params
+
+
+class PackedCache:
+    """The cache folder of one dataset configuration: ``<cache_dir>/packed/<settings hash>/``,
+    one sub-folder per split folder (splits that share a folder share its cache)."""
+
+    def __init__(self, cache_dir: str, dataset_cfg, root: Path):
+        self.params = cache_params(dataset_cfg, root)
+        blob = json.dumps(self.params, sort_keys=True, default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self.dir = Path(os.path.expanduser(cache_dir)) / "packed" / digest
+        self.split_folders = dict(dataset_cfg.splits)
+
+    def split_dir(self, split: str) -> Path:
+        folder = str(self.split_folders[split]).replace(os.sep, "__")
+        return self.dir / folder
+
+    def open_split(self, split: str) -> Optional["PackedSplit"]:
+        path = self.split_dir(split)
+        return PackedSplit(path) if (path / "index.json").is_file() else None
+
+    def write_split(self, split: str, reader, num_workers: int = 0, progress: bool = True) -> dict:
+        """Reads every sample of ``reader`` (a CompactReader without transform) and packs the
+        split. Returns counts: samples, raw and dense event entries, bytes."""
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        target = self.split_dir(split)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "params.json").write_text(json.dumps(self.params, indent=1, sort_keys=True))
+        tmp = self.dir / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        writer = _ShardWriter(tmp)
+        entries, counts = {}, {"samples": 0, "raw_events": 0, "dense_events": 0}
+        loader = DataLoader(_StoredForms(reader), batch_size=None, shuffle=False,
+                            num_workers=num_workers, collate_fn=lambda item: item)
+        try:
+            for sources, stored in tqdm(loader, total=len(reader), desc=f"prepare {split}",
+                                        unit="sample", disable=not progress):
+                arrays = {name: writer.append(a) for name, a in stored["arrays"].items()}
+                entries[stored["id"]] = {"sources": sources, "arrays": arrays,
+                                         "kind": stored["kind"]}
+                counts["samples"] += 1
+                if stored["kind"] in ("raw_events", "dense_events"):
+                    counts[stored["kind"]] += 1
+            writer.close()
+            index = {"params": self.params, "entries": entries}
+            (tmp / "index.json").write_text(json.dumps(index, separators=(",", ":")))
+            counts["bytes"] = writer.total
+            # Swap the whole folder in: readers see the old cache or the new one, never half.
+            old = self.dir / f".{target.name}.old-{os.getpid()}"
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return counts
+
+
+class _StoredForms:
+    """``[i] -> (source identities, what the cache stores for sample i)``, run in loader
+    workers so that decoding and binning happen in parallel."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int):
+        reader = self.reader
+        # Identities first: a file replaced while it is read then no longer matches.
+        sources = [file_identity(p) for p in reader.sources(index)]
+        raw = reader.read(index)
+        arrays = {"mask": raw["mask"]}
+        if raw.get("rgb") is not None:
+            arrays["rgb"] = raw["rgb"]
+        kind = "none"
+        if raw.get("dense") is not None:
+            arrays["dense"], kind = raw["dense"], "shipped_dense"
+        elif raw.get("events") is not None:
+            events = raw["events"]
+            height, width = raw["mask"].shape
+            channels = _channels(reader)
+            raw_bytes = sum(events[k].nbytes for k in EVENT_FIELDS)
+            if channels * height * width * 2 < raw_bytes:
+                from .events import events_to_tensor
+
+                tensor = events_to_tensor(events, reader.representation, reader.num_bins,
+                                          height, width, normalize=reader.normalize_events)
+                arrays["dense"], kind = tensor.astype(np.float16), "dense_events"
+            else:
+                arrays.update({f"events_{k}": events[k] for k in EVENT_FIELDS})
+                kind = "raw_events"
+        return sources, {"id": raw["id"], "arrays": arrays, "kind": kind}
+
+
+def _channels(reader) -> int:
+    from .events import representation_channels
+
+    return representation_channels(reader.representation, reader.num_bins)
+
+
+class _ShardWriter:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.shard = -1
+        self.file = None
+        self.offset = 0
+        self.total = 0
+
+    def append(self, array: np.ndarray) -> list:
+        array = np.ascontiguousarray(array)
+        if self.file is None or self.offset + array.nbytes > SHARD_BYTES and self.offset:
+            self.close()
+            self.shard += 1
+            self.file = open(self.folder / f"data-{self.shard:05d}.bin", "wb")
+            self.offset = 0
+        record = [self.shard, self.offset, array.dtype.str, list(array.shape)]
+        self.file.write(array.tobytes())
+        self.offset += array.nbytes
+        self.total += array.nbytes
+        return record
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+
+
+class PackedSplit:
+    """Read side of one packed split. Opened lazily in each process (DataLoader workers map the
+    shards themselves); ``get(reader, index)`` returns the untransformed compact sample, or None
+    when the cache does not hold it or one of its source files changed."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._entries = None
+        self._shards = {}
+        self.misses = 0
+
+    def __getstate__(self):  # workers open their own maps
+        return {"folder": self.folder, "_entries": None, "_shards": {}, "misses": 0}
+
+    def _load(self) -> dict:
+        if self._entries is None:
+            with open(self.folder / "index.json") as f:
+                self._entries = json.load(f)["entries"]
+        return self._entries
+
+    def _array(self, record) -> np.ndarray:
+        shard, offset, dtype, shape = record
+        if shard not in self._shards:
+            self._shards[shard] = np.memmap(self.folder / f"data-{shard:05d}.bin", mode="r")
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        return np.frombuffer(self._shards[shard], dtype, count, offset).reshape(shape)
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def get(self, reader, index: int) -> Optional[dict]:
+        entry = self._load().get(reader.sample_id(index))
+        if entry is None or not self._fresh(entry["sources"], reader.sources(index)):
+            self._miss(reader.sample_id(index))
+            return None
+        arrays = {name: self._array(record) for name, record in entry["arrays"].items()}
+        sample = {"id": reader.sample_id(index), "rgb": arrays.get("rgb"),
+                  "mask": arrays["mask"], "dense": arrays.get("dense")}
+        if entry["kind"] == "raw_events":
+            sample["events"] = {k: arrays[f"events_{k}"] for k in EVENT_FIELDS}
+        return sample
+
+    @staticmethod
+    def _fresh(recorded, paths) -> bool:
+        if len(recorded) != len(paths):
+            return False
+        for (path, size, mtime), now in zip(recorded, paths):
+            if str(now) != path:
+                return False
+            try:
+                st = os.stat(now)
+            except OSError:
+                return False
+            if st.st_size != size or st.st_mtime_ns != mtime:
+                return False
+        return True
+
+    def _miss(self, sample_id: str) -> None:
+        self.misses += 1
+        if self.misses == 1:
+            log.warning("Prepared cache %s does not hold %s as it is now (a source file changed "
+                        "or was added since event-seg-prepare): reading such samples from the "
+                        "raw files; run event-seg-prepare again to refresh it",
+                        self.folder, sample_id)
