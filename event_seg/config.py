@@ -345,6 +345,7 @@ def validate(cfg: DictConfig) -> None:
             f"dataset.palette has {len(cfg.dataset.palette)} colours for "
             f"{len(cfg.dataset.class_names)} dataset.class_names"
         )
+    _validate_label_ids(cfg.dataset)
     if cfg.dataset.representation == "precomputed" and not cfg.dataset.event_channels:
         raise ConfigError("dataset.representation=precomputed needs dataset.event_channels "
                           "(the channel count of the stored event tensors)")
@@ -370,6 +371,21 @@ def validate(cfg: DictConfig) -> None:
     for split in ("train", "val"):
         if split not in cfg.dataset.splits:
             raise ConfigError(f"dataset.splits has no '{split}' entry")
+
+
+def _validate_label_ids(dataset) -> None:
+    """Masks travel as uint8 (a quarter of the bytes of int64 per pixel): class ids and the
+    ignore index must fit in 0..255."""
+    if not 0 <= dataset.ignore_index <= 255:
+        raise ConfigError(f"dataset.ignore_index={dataset.ignore_index} must be in 0..255 "
+                          f"(masks are uint8; 255 is the usual choice)")
+    if len(dataset.class_names) > 255:
+        raise ConfigError(f"dataset.class_names has {len(dataset.class_names)} classes; at most "
+                          f"255 fit a uint8 mask beside the ignore index")
+    bad = [v for v in (dataset.label_map or []) if not 0 <= v <= 255]
+    if bad:
+        raise ConfigError(f"dataset.label_map holds {bad[:3]}: every entry must be a class id "
+                          f"in 0..255 or the ignore index")
 
 
 def _validate_schedule(scheduler) -> None:

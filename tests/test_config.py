@@ -188,6 +188,8 @@ def default_cfg():
     ("model.arch", "UNet"),
     ("dataset.format", "dsec"),
     ("trainer.limit_batches", 0),
+    ("dataset.ignore_index", -100),
+    ("dataset.label_map", [0, 1, 300]),
 ])
 def test_validate_names_the_bad_key(default_cfg, key, value):
     cfg = default_cfg.copy()

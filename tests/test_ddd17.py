@@ -47,12 +47,13 @@ def test_reader_pairs_by_sorted_name_and_returns_the_sample_contract(ddd17_root)
     assert [t[0].stem[-5:] for t in triples] == [t[2].stem[-5:] for t in triples]
     ds = DDD17Dataset(triples, 6, None, 255)
     sample = ds[1]
-    assert sample["rgb"].shape == (3, H, W) and sample["rgb"].dtype == np.float32
-    assert np.array_equal(sample["rgb"][0], sample["rgb"][2])  # grayscale repeated
-    assert sample["events"].shape == (6, H, W) and sample["events"].dtype == np.float32
+    assert sample["rgb"].shape == (H, W, 3) and sample["rgb"].dtype == np.uint8
+    assert np.array_equal(sample["rgb"][..., 0], sample["rgb"][..., 2])  # grayscale repeated
+    assert sample["dense"].shape == (6, H, W) and sample["dense"].dtype == np.float32
     stored = np.load(triples[1][2])
-    assert np.allclose(sample["events"], stored.transpose(2, 0, 1))  # used as they are
-    assert sample["mask"].dtype == np.int64 and sample["mask"][0, 0] == 255
+    assert np.array_equal(sample["dense"], stored.transpose(2, 0, 1))  # used as they are
+    assert "events" not in sample
+    assert sample["mask"].dtype == np.uint8 and sample["mask"][0, 0] == 255
     assert set(np.unique(sample["mask"])) <= set(range(6)) | {255}
     assert sample["id"] == "train/img_00001"
 
@@ -61,9 +62,17 @@ def test_padding_to_the_model_size_is_ignored_by_the_loss(ddd17_root):
     triples, _ = index_split(ddd17_root / "test")
     ds = DDD17Dataset(triples, 6, None, 255, JointTransform(False, size=(64, 96)))
     sample = ds[0]
-    assert sample["mask"].shape == (64, 96) and sample["events"].shape == (6, 64, 96)
+    assert sample["mask"].shape == (64, 96) and sample["dense"].shape == (6, 64, 96)
     assert (sample["mask"][:12] == 255).all()  # (64 - 40) / 2 rows of padding on top
-    assert (sample["events"][:, :12] == 0).all()
+    assert (sample["dense"][:, :12] == 0).all()
+
+
+def test_a_tensor_full_of_nan_is_named_not_trained_on(tmp_path):
+    root = write_ddd17(tmp_path)
+    triples, _ = index_split(root / "train")
+    np.save(triples[1][2], np.full((H, W, 6), np.nan, np.float32))
+    with pytest.raises(DatasetError, match=r"ev_00001\.npy holds NaN"):
+        DDD17Dataset(triples, 6, None, 255)[1]
 
 
 def test_half_downloaded_split_names_the_counts(tmp_path):

@@ -16,6 +16,7 @@ import torch
 
 from event_seg.data.dsec import DsecSemanticDataset, index_split, window_indices
 from event_seg.data.events import voxel_grid
+from event_seg.data.sample import sample_event_tensor
 from event_seg.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ T_OFFSET = 5_000_000_000          # microseconds: the label clock is far from th
 LABEL_TIMES = [120_000, 170_000, 230_000]  # local microseconds of the three labels
 
 
-def write_sequence(split_dir: Path, name: str, seed: int = 0) -> Path:
+def write_sequence(split_dir: Path, name: str, seed: int = 0, x_max: int = 640) -> Path:
     rng = np.random.default_rng(seed)
     seq = split_dir / name
     (seq / "semantic" / "11classes" / "data").mkdir(parents=True)
@@ -36,7 +37,7 @@ def write_sequence(split_dir: Path, name: str, seed: int = 0) -> Path:
         "\n".join(str(T_OFFSET + t) for t in LABEL_TIMES) + "\n")
     n = 20_000
     t = np.sort(rng.integers(0, 250_000, n)).astype(np.uint32)
-    x = rng.integers(0, 640, n).astype(np.uint16)
+    x = rng.integers(0, x_max, n).astype(np.uint16)
     y = rng.integers(0, 480, n).astype(np.uint16)
     p = rng.integers(0, 2, n).astype(np.uint8)
     ms_to_idx = np.searchsorted(t, np.arange(0, 251) * 1000, side="left").astype(np.uint64)
@@ -78,10 +79,13 @@ def test_duration_window_matches_the_representation_of_the_same_events(dsec_root
     sample = dataset(dsec_root)[1]
     ev = raw_events(dsec_root / "train" / "zurich_city_00_a")
     end = LABEL_TIMES[1]
-    keep = (ev["t"] >= end - 50_000) & (ev["t"] < end)
-    expected = voxel_grid(ev["x"][keep], ev["y"][keep], ev["t"][keep], ev["p"][keep], 5, 480, 640)
-    assert sample["events"].shape == (5, 440, 640) and sample["events"].dtype == np.float32
-    assert np.allclose(sample["events"], expected[:, :440])  # the bottom 40 rows are dropped
+    # The window's events in the 440 labelled rows (the 40 rows below the labels are dropped).
+    keep = (ev["t"] >= end - 50_000) & (ev["t"] < end) & (ev["y"] < 440)
+    expected = voxel_grid(ev["x"][keep], ev["y"][keep], ev["t"][keep], ev["p"][keep], 5, 440, 640)
+    events = sample["events"]
+    assert events["x"].dtype == np.int16 and events["p"].dtype == np.int8
+    assert len(events["x"]) == keep.sum() and "rgb" not in sample
+    assert np.allclose(sample_event_tensor(sample, "voxel_grid", 5), expected)
     assert sample["mask"].shape == (440, 640) and sample["mask"][0, 0] == 255
     assert sample["id"] == "zurich_city_00_a/000001"
 
@@ -91,9 +95,10 @@ def test_count_window_takes_the_last_events_before_the_label(dsec_root):
     ev = raw_events(dsec_root / "train" / "zurich_city_00_a")
     end = int(np.searchsorted(ev["t"], LABEL_TIMES[2]))
     x, y = ev["x"][end - 1000:end], ev["y"][end - 1000:end]
-    assert sample["events"].sum() == (y < 440).sum()  # events in the 40 cropped rows are gone
-    assert sample["events"].shape == (2, 440, 640)
-    assert sample["events"][:, y[y < 440][0], x[y < 440][0]].sum() >= 1
+    counts = sample_event_tensor(sample, "histogram", 5)
+    assert counts.sum() == (y < 440).sum()  # events in the 40 cropped rows are gone
+    assert counts.shape == (2, 440, 640)
+    assert counts[:, y[y < 440][0], x[y < 440][0]].sum() >= 1
 
 
 def test_window_indices_against_a_plain_search():
@@ -105,8 +110,8 @@ def test_window_indices_against_a_plain_search():
 
 
 def test_rectification_moves_events_through_the_map(dsec_root):
-    plain = dataset(dsec_root, representation="histogram")[1]["events"].sum(0)
-    rect = dataset(dsec_root, representation="histogram", rectify=True)[1]["events"].sum(0)
+    plain = sample_event_tensor(dataset(dsec_root)[1], "histogram", 5).sum(0)
+    rect = sample_event_tensor(dataset(dsec_root, rectify=True)[1], "histogram", 5).sum(0)
     assert np.array_equal(rect[:, 1:], plain[:, :-1])  # x + 1.2 rounds to x + 1
 
 
@@ -119,6 +124,26 @@ def test_missing_sequence_and_label_count_mismatch_are_named(dsec_root, tmp_path
         index_split(tmp_path / "train", None, 11)
     with pytest.raises(DatasetError, match="19-class label folder"):
         index_split(tmp_path / "train", None, 19)
+
+
+def test_timestamps_that_are_not_numbers_are_named(tmp_path):
+    seq = write_sequence(tmp_path / "train", "zurich_city_02_a")
+    (seq / "semantic" / "timestamps.txt").write_text("120000\nnot-a-number\n230000\n")
+    with pytest.raises(DatasetError, match=r"zurich_city_02_a/semantic/timestamps.txt does not "
+                                           r"hold one integer"):
+        index_split(tmp_path / "train", None, 11)
+
+
+def test_coordinates_outside_the_sensor_are_named_not_an_index_error(tmp_path):
+    write_sequence(tmp_path / "train", "zurich_city_03_a", x_max=700)
+    frames, _ = index_split(tmp_path / "train", None, 11)
+    reader = DsecSemanticDataset(frames, "voxel_grid", 5, False, None, 255, 50.0, None, False)
+    with pytest.raises(DatasetError, match=r"zurich_city_03_a/events/left/events.h5 .*outside "
+                                           r"the 480x640 sensor"):
+        reader[1]
+    rectified = DsecSemanticDataset(frames, "voxel_grid", 5, False, None, 255, 50.0, None, True)
+    with pytest.raises(DatasetError, match="outside the 480x640 sensor"):
+        rectified[1]
 
 
 def run_cli(*overrides, out: Path, cache: Path):

@@ -16,6 +16,7 @@ import torch
 from event_seg.data.event_scapes import (EventScapesDataset, detect_time_unit, index_split,
                                          sniff_time_unit)
 from event_seg.data.events import voxel_grid
+from event_seg.data.sample import sample_event_tensor
 from event_seg.data.synthetic import ensure_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_identity_and_nine_class_maps(eventscape_root):
     with np.load(frames[0].events) as f:
         assert f["x"].dtype == np.uint16 and f["t"].dtype == np.int64 and f["p"].dtype == bool
         expected = voxel_grid(f["x"], f["y"], f["t"], f["p"], 5, 32, 64)
-    assert np.allclose(identity["events"], expected)
+    assert np.allclose(sample_event_tensor(identity, "voxel_grid", 5), expected)
 
 
 def run_cli(*overrides, out, cache):
@@ -147,46 +148,86 @@ def _split(cfg, cache_dir, split="val"):
     return build_data(cfg, trainer, str(cache_dir), splits=(split,)).loaders[split].dataset
 
 
-def test_prepared_representations_are_read_and_never_stale(eventscape_root, tmp_path,
-                                                           monkeypatch):
+def _model_inputs(dataset, info_cfg):
+    """The model input the trainer builds for every sample of ``dataset`` (one per batch)."""
+    from types import SimpleNamespace
+
+    from event_seg.data.collate import collate_compact
+    from event_seg.data.device_input import ModelInputBuilder
+
+    info = SimpleNamespace(modality="rgb+events", representation=info_cfg.representation,
+                           num_bins=info_cfg.num_bins, event_channels=info_cfg.num_bins,
+                           ignore_index=255)
+    builder = ModelInputBuilder(info, "cpu", normalize_events=info_cfg.normalize_events)
+    return [builder(collate_compact([dataset[i]])).inputs for i in range(len(dataset))]
+
+
+def test_prepared_cache_is_read_without_raw_reads_and_never_stale(eventscape_root, tmp_path,
+                                                                   monkeypatch, capsys):
     from event_seg.data import event_scapes
     from event_seg.prepare import main as prepare_main
 
     root = tmp_path / "EventScape"
     shutil.copytree(eventscape_root, root)
     cache = tmp_path / "cache"
-    assert prepare_main(["dataset=event_scapes", f"dataset.root={root}", "dataset.height=32",
-                         "dataset.width=64", f"paths.cache_dir={cache}",
-                         "trainer.num_workers=0"]) == 0
-    entries = list((cache / "representations").rglob("*.npy"))
-    assert len(entries) == 4 + 2 + 2  # every frame with events, all three splits
+    args = ["dataset=event_scapes", f"dataset.root={root}", "dataset.height=32",
+            "dataset.width=64", f"paths.cache_dir={cache}", "trainer.num_workers=0",
+            "trainer.progress_bar=false"]
+    assert prepare_main(args) == 0
+    assert "train: 4 samples (4 with raw events" in capsys.readouterr().out
+    splits = sorted(p.name for p in (cache / "packed").glob("*/*") if p.is_dir())
+    assert splits == sorted(SPLITS.values())
+    for split in splits:  # a few large files per split, not one per sample
+        files = sorted(p.name for p in next((cache / "packed").glob(f"*/{split}")).iterdir())
+        assert files == ["data-00000.bin", "index.json"]
 
-    fresh = [s["events"] for s in _split(_dataset_cfg(root, representation_cache=False), cache)]
+    cfg = _dataset_cfg(root)
+    fresh = _model_inputs(_split(_dataset_cfg(root, representation_cache=False), cache), cfg)
 
-    real_read = event_scapes.read_events
-
-    def no_raw_reads(path):
-        raise AssertionError(f"raw events read although the cache holds {path}")
+    def no_raw_reads(*args):
+        raise AssertionError("a raw file was read although the prepared cache holds it")
 
     monkeypatch.setattr(event_scapes, "read_events", no_raw_reads)
-    cached = [s["events"] for s in _split(_dataset_cfg(root), cache)]
-    assert all(np.array_equal(a, b) for a, b in zip(fresh, cached))
+    monkeypatch.setattr(event_scapes, "read_rgb", no_raw_reads)
+    monkeypatch.setattr(event_scapes, "read_label", no_raw_reads)
+    cached = _model_inputs(_split(cfg, cache), cfg)
+    assert len(cached) == len(fresh) == 2
+    assert all(torch.equal(a, b) for a, b in zip(fresh, cached))
+    monkeypatch.undo()
 
-    # A changed source file misses the cache: its tensor is rebuilt from the new events.
-    monkeypatch.setattr(event_scapes, "read_events", real_read)
+    # A changed source file is read raw again: the new events, never the stale entry.
     victim = sorted((root / SPLITS["val"]).rglob("*_events.npz"))[0]
     with np.load(victim) as f:
         ev = {k: f[k] for k in "xytp"}
     ev["p"] = ~ev["p"]
     np.savez(victim, **ev)
-    after = _split(_dataset_cfg(root), cache)[0]["events"]
-    assert np.allclose(after, -fresh[0])
+    after = _model_inputs(_split(cfg, cache), cfg)[0]
+    assert torch.allclose(after[:, 3:], -fresh[0][:, 3:], atol=1e-5)  # events flipped sign
+    assert torch.equal(after[:, :3], fresh[0][:, :3])                  # RGB as before
 
     # Other representation settings use another folder.
-    assert prepare_main(["dataset=event_scapes", f"dataset.root={root}", "dataset.height=32",
-                         "dataset.width=64", f"paths.cache_dir={cache}", "dataset.num_bins=3",
-                         "trainer.num_workers=0"]) == 0
-    assert len(list((cache / "representations").iterdir())) == 2
+    assert prepare_main(args + ["dataset.num_bins=3"]) == 0
+    assert len(list((cache / "packed").iterdir())) == 2
+
+
+def test_dense_cache_entries_give_the_same_input_within_float16(eventscape_root, tmp_path,
+                                                                monkeypatch):
+    """Where the float16 representation is smaller than the raw events, the cache stores it."""
+    from event_seg.data import packed_cache
+    from event_seg.prepare import main as prepare_main
+
+    monkeypatch.setattr(packed_cache, "_prefer_dense", lambda raw_bytes, dense_bytes: True)
+    cache = tmp_path / "cache"
+    assert prepare_main(["dataset=event_scapes", f"dataset.root={eventscape_root}",
+                         "dataset.height=32", "dataset.width=64", f"paths.cache_dir={cache}",
+                         "trainer.num_workers=0", "trainer.progress_bar=false"]) == 0
+    cfg = _dataset_cfg(eventscape_root)
+    dataset = _split(cfg, cache)
+    assert "dense" in dataset[0] and dataset[0]["dense"].dtype == np.float16
+    fresh = _model_inputs(_split(_dataset_cfg(eventscape_root, representation_cache=False),
+                                 cache), cfg)
+    for a, b in zip(fresh, _model_inputs(dataset, cfg)):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
 
 
 def test_prepare_reports_bad_overrides_in_one_line(capsys):

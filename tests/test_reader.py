@@ -20,6 +20,7 @@ from event_seg.data.event_scapes import (  # noqa: E402
     read_label,
 )
 from event_seg.data.events import voxel_grid  # noqa: E402
+from event_seg.data.sample import sample_event_tensor  # noqa: E402
 from event_seg.data.synthetic import COMPLETE_MARKER, ensure_synthetic  # noqa: E402
 
 SPLITS = {"train": "Town01-03_train", "val": "Town05_val", "test": "Town05_test"}
@@ -211,16 +212,15 @@ def test_dataset_sample_contract(synth, representation, num_bins, channels, norm
     for i in (0, len(ds) - 1):
         s = ds[i]
         assert set(s) == {"rgb", "events", "mask", "id"}
-        assert s["rgb"].dtype == np.float32 and s["rgb"].shape == (3, H, W)
-        assert s["events"].dtype == np.float32 and s["events"].shape == (channels, H, W)
-        assert s["mask"].dtype == np.int64 and s["mask"].shape == (H, W)
+        assert s["rgb"].dtype == np.uint8 and s["rgb"].shape == (H, W, 3)
+        assert s["mask"].dtype == np.uint8 and s["mask"].shape == (H, W)
+        assert [s["events"][k].dtype for k in "xytp"] == [np.int16, np.int16, np.int32, np.int8]
         assert isinstance(s["id"], str) and s["id"] == frames[i].id
         values = set(np.unique(s["mask"]).tolist())
         assert values <= set(range(NUM_CLASSES)) | {255}, values
-        assert np.isfinite(s["events"]).all()
-        assert s["events"].any()
-        for key in ("rgb", "events"):
-            assert s[key].flags["C_CONTIGUOUS"]
+        tensor = sample_event_tensor(s, representation, num_bins, normalize)
+        assert tensor.shape == (channels, H, W) and np.isfinite(tensor).all() and tensor.any()
+        assert s["rgb"].flags["C_CONTIGUOUS"]
 
 
 def test_dataset_sample_matches_files(synth):
@@ -229,11 +229,12 @@ def test_dataset_sample_matches_files(synth):
     s = EventScapesDataset(frames, "voxel_grid", 4, False, LABEL_MAP, 255)[0]
     # RGB in R, G, B order (cv2 reads BGR).
     bgr = cv2.imread(str(f.rgb), cv2.IMREAD_COLOR)
-    np.testing.assert_array_equal(s["rgb"], bgr[..., ::-1].transpose(2, 0, 1).astype(np.float32))
+    np.testing.assert_array_equal(s["rgb"], bgr[..., ::-1])
     # Events: the voxel grid of the raw file.
     raw = read_events(f.events)
-    np.testing.assert_allclose(s["events"], voxel_grid(raw["x"], raw["y"], raw["t"], raw["p"],
-                                                       4, H, W), atol=1e-6)
+    np.testing.assert_allclose(sample_event_tensor(s, "voxel_grid", 4),
+                               voxel_grid(raw["x"], raw["y"], raw["t"], raw["p"], 4, H, W),
+                               atol=1e-6)
     # Mask: the label map applied to the tags.
     tags = cv2.imread(str(f.label), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(s["mask"], np.asarray(LABEL_MAP)[tags])
@@ -243,9 +244,9 @@ def test_dataset_without_label_map_keeps_raw_tags(synth):
     frames, _ = index_split(synth / SPLITS["val"])
     s = EventScapesDataset(frames, "histogram", 5, False, None, 255)[0]
     tags = cv2.imread(str(frames[0].label), cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal(s["mask"], tags.astype(np.int64))
+    np.testing.assert_array_equal(s["mask"], tags)
     # Histogram counts add up to the number of events in the file.
-    assert s["events"].sum() == read_events(frames[0].events)["x"].size
+    assert sample_event_tensor(s, "histogram", 5).sum() == read_events(frames[0].events)["x"].size
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ def test_three_channel_label_png_uses_first_channel(synth, tmp_path):
     mask = ds[0]["mask"]
     assert mask.shape == (H, W)
     assert mask[0, 0] == 255 and mask[0, 1] == 255 and mask[0, 2] == 3
-    expected = np.full(256, 255, np.int64)
+    expected = np.full(256, 255, np.uint8)
     expected[: len(LABEL_MAP)] = LABEL_MAP
     np.testing.assert_array_equal(mask, expected[tags])
 
@@ -339,6 +340,21 @@ def test_events_out_of_sensor_raise_dataset_error_naming_file(synth, tmp_path):
     ds = EventScapesDataset([dataclasses.replace(f, events=bad)], "voxel_grid", 5, True,
                             LABEL_MAP, 255)
     with pytest.raises(DatasetError, match=re.escape(bad.name)):
+        ds[0]
+
+
+def test_nan_timestamps_raise_dataset_error_naming_file(synth, tmp_path):
+    # A float `t` holding NaN once ended in an IndexError traceback deep in the voxel grid.
+    frames, _ = index_split(synth / SPLITS["train"])
+    f = frames[0]
+    raw = read_events(f.events)
+    t = raw["t"].astype(np.float64)
+    t[len(t) // 2] = np.nan
+    bad = tmp_path / f.events.name
+    np.savez(bad, x=raw["x"], y=raw["y"], t=t, p=raw["p"])
+    ds = EventScapesDataset([dataclasses.replace(f, events=bad)], "voxel_grid", 5, True,
+                            LABEL_MAP, 255)
+    with pytest.raises(DatasetError, match=re.escape(str(bad)) + ".*NaN"):
         ds[0]
 
 

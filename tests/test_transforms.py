@@ -1,76 +1,93 @@
-"""Joint augmentation keeps RGB, events and mask aligned."""
+"""Joint augmentation keeps RGB, mask and events aligned: an event at a marked pixel lands on
+the same mask pixel after flips, pad/crop and the affine; dense event tensors move with them."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from event_seg.data.transforms import RGB_MEAN, RGB_STD, JointTransform
+from event_seg.data.transforms import JointTransform
 
 
-def _marked(h=40, w=70, channels=6, y=7, x=11):
+def _marked_sample(h=40, w=70, y=7, x=11, block=0):
+    """A frame, a mask and one event per marked pixel (a single pixel or a square block)."""
     rgb = np.zeros((h, w, 3), np.uint8)
-    events = np.zeros((h, w, channels), np.float32)
-    mask = np.zeros((h, w), np.int64)
-    rgb[y, x] = 255
-    events[y, x] = 1.0
-    mask[y, x] = 3
-    return rgb, events, mask
+    mask = np.zeros((h, w), np.uint8)
+    ys, xs = np.mgrid[y - block:y + block + 1, x - block:x + block + 1]
+    rgb[ys, xs] = 255
+    mask[ys, xs] = 3
+    events = {"x": xs.ravel().astype(np.int16), "y": ys.ravel().astype(np.int16),
+              "t": np.arange(xs.size, dtype=np.int32), "p": np.ones(xs.size, np.int8)}
+    return rgb, mask, events
 
 
-def _marker(rgb, events, mask):
-    rgb_pos = np.argwhere(rgb[..., 0] > (255 - RGB_MEAN[0]) / RGB_STD[0] - 0.5)
-    return [tuple(p) for p in (rgb_pos[0], np.argwhere(events[..., 0] == 1)[0],
-                               np.argwhere(mask == 3)[0])]
-
-
-def test_flip_pad_and_random_crop_move_every_target_together():
+def test_flip_pad_and_random_crop_move_events_with_the_mask():
+    moved = 0
     for seed in range(20):
         t = JointTransform(train=True, hflip=0.5, seed=seed, size=(32, 64))
-        rgb, events, mask = _marked(y=20, x=35)
-        out = t(rgb, events, mask)
-        assert out[1].shape == (32, 64, 6) and out[2].shape == (32, 64)
-        positions = _marker(*out)
-        assert positions[0] == positions[1] == positions[2], (seed, positions)
+        rgb, mask, events = _marked_sample(y=20, x=35)
+        t.reseed(seed)
+        out_rgb, out_mask, out_events, _ = t(rgb, mask, events)
+        assert out_rgb.shape == (32, 64, 3) and out_mask.shape == (32, 64)
+        (y, x), = np.argwhere(out_mask == 3)
+        assert out_events["x"].tolist() == [x] and out_events["y"].tolist() == [y], seed
+        assert out_rgb[y, x, 0] == 255
+        moved += (y, x) != (20, 35)
+    assert moved >= 10  # the crops and flips really moved the marker
 
 
-def test_evaluation_transform_is_deterministic():
-    a = JointTransform(train=False, size=(64, 96))(*_marked())
-    b = JointTransform(train=False, size=(64, 96))(*_marked())
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert _marker(*a)[0] == (7 + 12, 11 + 13)  # centred padding: (64-40)/2, (96-70)/2
+def test_events_cropped_away_are_dropped():
+    t = JointTransform(train=False, size=(20, 30))  # centre crop of a 40x70 frame
+    rgb, mask, events = _marked_sample(y=2, x=3)     # far outside the centre
+    _, _, out, _ = t(rgb, mask, events)
+    assert len(out["x"]) == len(out["t"]) == len(out["p"]) == 0
 
 
-def _centroid(weights):
-    ys, xs = np.nonzero(weights > 0.5 * weights.max())
-    return ys.mean(), xs.mean()
+def test_evaluation_transform_is_deterministic_and_centred():
+    a = JointTransform(train=False, size=(64, 96))(*_marked_sample())
+    b = JointTransform(train=False, size=(64, 96))(*_marked_sample())
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2]["x"], b[2]["x"])
+    assert (a[2]["y"][0], a[2]["x"][0]) == (7 + 12, 11 + 13)  # centred: (64-40)/2, (96-70)/2
+    assert a[1][0, 0] == 255  # padding is ignore
 
 
-def test_affine_warps_keep_a_block_marker_aligned_across_targets():
+def test_affine_moves_each_event_onto_its_marked_mask_pixel():
     for seed in range(10):
         t = JointTransform(train=True, hflip=0.5, seed=seed, size=(40, 70), affine_p=1.0,
                            scale=(0.8, 1.25), rotate_deg=5, translate=0.05)
-        rgb = np.zeros((40, 70, 3), np.uint8)
-        events = np.zeros((40, 70, 5), np.float32)
-        mask = np.zeros((40, 70), np.int64)
-        rgb[15:22, 30:37] = 255
-        events[15:22, 30:37] = 1.0
-        mask[15:22, 30:37] = 3
-        out_rgb, out_events, out_mask = t(rgb, events, mask)
-        c_rgb = _centroid(out_rgb[..., 0] - out_rgb[..., 0].min())
-        c_ev = _centroid(out_events[..., 0])
-        c_mask = _centroid((out_mask == 3).astype(float))
-        assert np.allclose(c_rgb, c_ev, atol=0.6) and np.allclose(c_ev, c_mask, atol=0.6), seed
+        t.reseed(seed)
+        rgb, mask, events = _marked_sample(y=18, x=33, block=3)
+        _, out_mask, out_events, _ = t(rgb, mask, events)
+        assert len(out_events["x"]) > 0
+        # The centre of the block lands inside the warped block, and nearly every event does
+        # (nearest-neighbour rounding may put a border event one pixel off the block's edge).
+        landed = out_mask[out_events["y"], out_events["x"]]
+        assert (landed == 3).mean() >= 0.8, seed
+        centre = len(events["x"]) // 2
+        assert landed[centre] == 3, seed
+
+
+def test_dense_event_tensors_move_like_the_image():
+    for seed in range(10):
+        t = JointTransform(train=True, hflip=0.5, seed=seed, size=(32, 64))
+        t.reseed(seed)
+        rgb, mask, _ = _marked_sample(y=20, x=35)
+        dense = np.zeros((6, 40, 70), np.float16)
+        dense[:, 20, 35] = 1
+        _, out_mask, _, out_dense = t(rgb, mask, None, dense)
+        assert out_dense.shape == (6, 32, 64) and out_dense.dtype == np.float16
+        assert np.array_equal(np.argwhere(out_dense[0] == 1), np.argwhere(out_mask == 3))
 
 
 def test_photometric_jitter_touches_rgb_only():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (40, 70, 3), dtype=np.uint8)
-    events = rng.normal(size=(40, 70, 5)).astype(np.float32)
-    mask = np.zeros((40, 70), np.int64)
-    plain = JointTransform(train=True, hflip=0.0)(rgb, events, mask)
+    mask = np.zeros((40, 70), np.uint8)
+    _, _, events = _marked_sample()
+    plain = JointTransform(train=True, hflip=0.0)(rgb, mask, events)
     changed = 0
     for seed in range(5):
-        out = JointTransform(train=True, hflip=0.0, seed=seed, photometric_p=1.0)(rgb, events, mask)
-        assert np.array_equal(out[1], events) and np.array_equal(out[2], mask)
-        changed += not np.allclose(out[0], plain[0])
+        out = JointTransform(train=True, hflip=0.0, seed=seed, photometric_p=1.0)(rgb, mask, events)
+        assert np.array_equal(out[1], mask) and all(
+            np.array_equal(out[2][k], events[k]) for k in "xytp")
+        changed += not np.array_equal(out[0], plain[0])
     assert changed >= 4

@@ -141,7 +141,7 @@ class _StoredForms:
             height, width = raw["mask"].shape
             channels = _channels(reader)
             raw_bytes = sum(events[k].nbytes for k in EVENT_FIELDS)
-            if channels * height * width * 2 < raw_bytes:
+            if _prefer_dense(raw_bytes, channels * height * width * 2):
                 from .events import events_to_tensor
 
                 tensor = events_to_tensor(events, reader.representation, reader.num_bins,
@@ -151,6 +151,10 @@ class _StoredForms:
                 arrays.update({f"events_{k}": events[k] for k in EVENT_FIELDS})
                 kind = "raw_events"
         return sources, {"id": raw["id"], "arrays": arrays, "kind": kind}
+
+
+def _prefer_dense(raw_bytes: int, dense_bytes: int) -> bool:
+    return dense_bytes < raw_bytes
 
 
 def _channels(reader) -> int:

@@ -118,3 +118,16 @@ class SkipCorrupt:
                 logging.getLogger(__name__).warning(
                     "Skipping a corrupt sample (%d skipped so far): %s", len(self.bad), e)
         raise DatasetError("dataset.skip_corrupt: every sample of this split is unreadable")
+
+
+def sample_event_tensor(sample: dict, representation: str, num_bins: int,
+                        normalize: bool = False) -> np.ndarray:
+    """The event tensor ``[C, H, W]`` (float32) of one compact sample, built with the numpy
+    reference functions: what the device builds for it in a batch (notebooks, tests)."""
+    if "dense" in sample:
+        return np.asarray(sample["dense"], dtype=np.float32)
+    from .events import events_to_tensor
+
+    height, width = sample["mask"].shape
+    return events_to_tensor(sample["events"], representation, num_bins, height, width,
+                            normalize=normalize)
