@@ -21,21 +21,28 @@ cache), then measures, every figure over ``--steps`` (>= 100) counted steps:
                                    [--no-compile] [--modes fp32,bf16] [--out FILE]
     python benchmarks/bench_gpu.py --device cpu --quick      # smoke check: NOT a GPU figure
 
-Sections run in order of importance and are skipped (and said so) when the time budget would
-be overrun; RESULTS_GPU.md is rewritten after every section, so a killed run keeps what it had.
+Also: the Trainer's input builder (copy to the device + voxel grid) on one real batch.
+Figures are printed beside the issue's targets. The order is fixed, compile last; a mode is
+skipped (and said so) when ``--budget-s`` would be overrun, a failing section is reported and
+the next one runs, and the results file is rewritten after every section, so a killed run keeps
+what it had. On a CPU, or with ``--quick``, the figures are marked as not GPU figures and go to
+a temporary file unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,13 +161,15 @@ class Bench:
 
     def __init__(self, args):
         self.args = args
-        self.started = time.perf_counter()
+        self.started = args.t0
         self.sections = []   # markdown blocks, in order
         self.targets = []    # (what, value, target text, met or None)
         self.notes = []
         self.epoch = 100     # epoch numbers handed to train_one_epoch (sampler order only)
         self.slowest_epoch_s = 0.0  # the slowest timed epoch so far (budget estimates)
         self.cpu_batch = None       # one loader batch, for the step-only figures
+        self.loader_rates = {}      # samples/s of the loader alone, per source
+        self.failed = False         # a section failed (reported in the notes)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -187,8 +196,21 @@ class Bench:
     def target(self, what: str, value: float, op: str, goal: float) -> None:
         met = None if math.isnan(value) else (value >= goal if op == ">=" else value <= goal)
         self.targets.append((what, value, f"{op} {goal:g}", met))
-        word = {True: "met", False: "NOT met", None: "not measured"}[met]
-        print(f"  target: {what} = {value:.3f} (issue target {op} {goal:g}: {word})", flush=True)
+        print(f"  target: {what} = {value:.3f} (issue target {op} {goal:g}: "
+              f"{self.word(met)})", flush=True)
+
+    def verdict(self, result: Result) -> str:
+        if self.args.is_gpu_figure or not result.target:
+            return result.verdict()
+        return (f"{result.ratio_name} = {result.ratio:.3f} (target {result.target}: n/a, "
+                f"not a GPU figure)")
+
+    def word(self, met, markdown: bool = False) -> str:
+        if not self.args.is_gpu_figure:
+            return "n/a: not a GPU figure"
+        if met is False:
+            return "**NOT met**" if markdown else "NOT met"
+        return "met" if met else "not measured"
 
     def add(self, title: str, body: str) -> None:
         self.sections.append(f"## {title}\n\n{body}\n")
@@ -215,8 +237,7 @@ class Bench:
             head += ["## Targets (issue 12, item 7)", "", "| figure | value | target | |",
                      "| --- | --- | --- | --- |"]
             for what, value, target, met in self.targets:
-                word = {True: "met", False: "**NOT met**", None: "not measured"}[met]
-                head.append(f"| {what} | {value:.3f} | {target} | {word} |")
+                head.append(f"| {what} | {value:.3f} | {target} | {self.word(met, True)} |")
             head.append("")
         notes = [f"- {n}" for n in self.notes]
         text = "\n".join(head) + "\n" + "\n".join(self.sections)
@@ -348,8 +369,9 @@ def section_epochs(bench: Bench) -> None:
     bench.add("First epoch against a later one",
               f"`Trainer.fit`, 2 epochs, {desc}, no compile, prepared cache, {a.workers} "
               f"workers (started in epoch 1, persistent). Validation has {a.val_frames} frames: "
-              f"its last batch is partial and padded to {a.batch}.\n\n{result.table()}\n\n"
-              f"**{result.verdict()}**")
+              f"its last batch is partial (padded to {a.batch} on a GPU, so cudnn sees one "
+              f"shape).\n\n{result.table()}\n\n"
+              f"**{bench.verdict(result)}**")
 
 
 def section_voxel(bench: Bench) -> None:
@@ -372,9 +394,7 @@ def section_voxel(bench: Bench) -> None:
         index = torch.repeat_interleave(torch.arange(batch, device=device), counts, output_size=n)
         for name, kw in (("float", {}), ("float, normalize", {"normalize": True}),
                          ("deterministic (fixed point)", {"deterministic": True})):
-            def run():
-                return voxel_grid_batch(x, y, t, p, index, batch, 5, height, width, **kw)
-
+            run = partial(voxel_grid_batch, x, y, t, p, index, batch, 5, height, width, **kw)
             run()  # warm-up
             times = []
             for _ in range(a.voxel_repeats):
@@ -388,7 +408,7 @@ def section_voxel(bench: Bench) -> None:
             if name != "float, normalize":
                 worst = min(worst, rate)
             rows.append([f"{batch} x {events:,}", f"{height}x{width}", name, 1000 * seconds, rate])
-        del x, y, t, p, index
+        del x, y, t, p, index, run
     result = Result(question="", header=["events", "frame", "accumulation", "ms (median)",
                                          "G events/s"],
                     rows=rows, ratio_name="slowest G events/s (float or deterministic)",
@@ -397,7 +417,7 @@ def section_voxel(bench: Bench) -> None:
     bench.add("voxel_grid_batch throughput",
               f"5 bins, the collate's dtypes (int16 x/y, int32 t, int8 p), the batch index "
               f"built beforehand; median of {a.voxel_repeats} calls.\n\n{result.table()}\n\n"
-              f"**{result.verdict()}**")
+              f"**{bench.verdict(result)}**")
 
 
 def section_loader(bench: Bench, sources: dict) -> dict:
@@ -422,6 +442,7 @@ def section_loader(bench: Bench, sources: dict) -> dict:
         assert batches == a.steps and samples == a.steps * a.batch, (batches, samples)
         rates[name] = samples / seconds
         rows.append([name, a.workers, batches, samples, seconds, samples / seconds])
+    bench.loader_rates = rates
     result = Result(question="", header=["source", "workers", "batches", "samples", "seconds",
                                          "samples/s"],
                     rows=rows, ratio_name="prepared cache / raw files samples/s",
@@ -429,7 +450,7 @@ def section_loader(bench: Bench, sources: dict) -> dict:
     bench.add("Loader alone",
               f"The training DataLoader (shuffled, augmented, collated, pinned on CUDA) iterated "
               f"for one epoch with nothing else running; persistent workers already "
-              f"started.\n\n{result.table()}\n\n**{result.verdict()}**")
+              f"started.\n\n{result.table()}\n\n**{bench.verdict(result)}**")
     return rates
 
 
@@ -437,9 +458,10 @@ def measure_mode(bench: Bench, mode: str, overrides: list, sources: dict) -> dic
     import torch
 
     a = bench.args
-    cfg_raw, data_raw = sources["raw files"]
-    cfg = compose(bench.overrides(False, overrides))
     from event_seg.data.build import DataBundle
+
+    _, data_raw = sources["raw files"]
+    cfg = compose(bench.overrides(False, overrides))
 
     row = {"mode": mode}
     with tempfile.TemporaryDirectory() as tmp:
@@ -493,7 +515,10 @@ def modes_table(bench: Bench, rows: list) -> None:
               f"from the raw files or from the prepared cache; the epoch's pipeline refill is "
               f"included. \"loop waits\": the share of the epoch spent in the loader's `next()`. "
               f"Warm-up: {a.warmup} step-only steps before the figures (cudnn tuning, "
-              f"compilation).\n\n{result.table()}\n\n**{result.verdict()}**")
+              f"compilation). The loader alone gives "
+              f"{bench.loader_rates.get('raw files', float('nan')):.0f} samples/s from the raw "
+              f"files, {bench.loader_rates.get('prepared cache', float('nan')):.0f} from the "
+              f"prepared cache.\n\n{result.table()}\n\n**{bench.verdict(result)}**")
 
 
 def run_modes(bench: Bench, names: list, sources: dict, rows: list) -> None:
@@ -520,8 +545,20 @@ def run_modes(bench: Bench, names: list, sources: dict, rows: list) -> None:
         modes_table(bench, rows)
         if "error" not in row:
             for name in ("raw files", "prepared cache"):
-                bench.target(f"end-to-end / step-only, {mode}, {name}",
+                bench.target(f"end-to-end / step-only, {mode}, {name}, {a.workers} workers",
                              row[name] / row["step"], ">=", TARGET_E2E)
+
+
+def guarded(bench: Bench, section, *args) -> None:
+    """Runs one section; a failure is reported (traceback, a note) and the next ones run."""
+    try:
+        section(bench, *args)
+    except Exception as e:
+        traceback.print_exc()
+        bench.failed = True
+        bench.notes.append(f"{section.__name__} failed: {type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:300]}")
+        bench.write()
 
 
 def section_input_builder(bench: Bench, sources: dict) -> None:
@@ -608,10 +645,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    t0 = time.perf_counter()
     args = parse_args(argv)
+    args.t0 = t0
     if not args.is_gpu_figure:
         print(f"*** {args.not_gpu_reason}: NOT a GPU figure; results go to {args.out} ***",
               flush=True)
+    # gpu.sh's hard timeout sends SIGTERM: exit through the clean-up below (the temporary set
+    # is a few GB). Inside Trainer.fit the Trainer's own handler stops at the next batch.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     own_dir = args.data_dir is None
     work = Path(tempfile.mkdtemp(prefix="bench_gpu_") if own_dir else args.data_dir)
     args.root, args.cache_dir = work / "EventScape", work / "cache"
@@ -623,8 +665,14 @@ def main(argv=None) -> int:
 
 
 def run(args, work: Path) -> int:
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA GPU visible: nothing to measure (--device cpu --quick is a smoke check)",
+              file=sys.stderr)
+        return 2
     bench = Bench(args)
-    # Data first, before torch is imported: the writers are forked from this process.
+    # The writers are forked from this process: torch is imported, no CUDA context exists yet.
     stamp = work / "stamp.txt"
     key = f"{args.train_frames} {args.val_frames} {args.height} {args.width} {args.events}"
     args.gen_processes = min(32, os.cpu_count() or 1)
@@ -639,23 +687,17 @@ def run(args, work: Path) -> int:
     print(f"synthetic set: {args.train_frames} + {args.val_frames} frames in "
           f"{args.generate_s:.1f} s", flush=True)
 
-    import torch
+    importlib.import_module("event_seg.config")  # registers the schemas compose needs
 
-    import event_seg.config  # noqa: F401  (registers the config schemas compose needs)
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("no CUDA GPU visible: nothing to measure (--device cpu --quick is a smoke check)",
-              file=sys.stderr)
-        return 2
     args.machine = machine()
     section_prepare(bench)
     bench.write()
-    section_epochs(bench)  # first: its first epoch must be the process's first CUDA work
+    guarded(bench, section_epochs)  # first: its epoch 1 is the process's first CUDA work
 
     sources = {"raw files": build(bench, False), "prepared cache": build(bench, True)}
-    section_voxel(bench)
-    section_loader(bench, sources)
-    section_input_builder(bench, sources)
+    guarded(bench, section_voxel)
+    section_loader(bench, sources)  # the step figures need its batch: a failure ends the run
+    guarded(bench, section_input_builder, sources)
 
     modes = CPU_MODES if args.device == "cpu" else MODES
     names = list(modes)
@@ -679,14 +721,13 @@ def run(args, work: Path) -> int:
     bench.write(final=True)
     print("\n## Targets (issue 12, item 7)\n")
     for what, value, target, met in bench.targets:
-        word = {True: "met", False: "NOT met", None: "not measured"}[met]
-        print(f"  {what}: {value:.3f} (target {target}: {word})")
+        print(f"  {what}: {value:.3f} (target {target}: {bench.word(met)})")
     for note in bench.notes:
         print(f"  note: {note}")
     if not args.is_gpu_figure:
         print(f"\n*** {args.not_gpu_reason}: NOT a GPU figure ***")
     print(f"\nwritten: {args.out}  ({bench.elapsed():.0f} s)")
-    return 1 if any("error" in r for r in rows) else 0
+    return 1 if bench.failed or any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "data_stall": "bench_data_stall",
     "startup": "bench_startup",
     "simulator": "bench_simulator",
+    "input_pipeline": "bench_input_pipeline",
 }
 
 

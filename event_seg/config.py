@@ -64,8 +64,9 @@ class DatasetConfig:
     modality: str = "rgb+events"
     representation: str = "voxel_grid"
     num_bins: int = 5
-    # Read event tensors precomputed by `event-seg-prepare` when they exist (never stale: keyed
-    # by the representation settings and each source file's size and modification time).
+    # Read samples from the cache `event-seg-prepare` packs (decoded frames, labels, window
+    # events) when it exists; never stale: keyed by the dataset settings and each source file's
+    # path, size and modification time (a changed file is read raw again).
     representation_cache: bool = True
     # Replace unreadable samples by the next readable one (with a warning) instead of stopping.
     skip_corrupt: bool = False

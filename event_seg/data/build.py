@@ -110,11 +110,11 @@ def open_packed_split(dataset_cfg, root: Path, cache_dir: str, split: str):
 
 
 def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
-               splits=("train", "val", "test"), prepare: bool = False, rank: int = 0,
+               splits=("train", "val", "test"), rank: int = 0,
                world_size: int = 1) -> DataBundle:
-    """Loaders for the configured splits. ``prepare`` fills the representation cache as samples
-    are read (event-seg-prepare); otherwise existing entries are only read. Under DDP each
-    ``rank`` of ``world_size`` loads its own share (see sampling.EpochSampler)."""
+    """Loaders of compact batches for the configured splits (see collate.py), read from the
+    prepared cache where it holds a sample as it is now, else from the raw files. Under DDP
+    each ``rank`` of ``world_size`` loads its own share (see sampling.EpochSampler)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -131,7 +131,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             affine_p=aug.affine_p, scale=list(aug.scale), rotate_deg=aug.rotate_deg,
             translate=aug.translate, photometric_p=aug.photometric_p)
         datasets[split], n_skipped = split_dataset(dataset_cfg, split, root / folder, transform)
-        if dataset_cfg.representation_cache and not prepare:
+        if dataset_cfg.representation_cache:
             datasets[split].cache = open_packed_split(dataset_cfg, root, cache_dir, split)
         if dataset_cfg.skip_corrupt:
             datasets[split] = SkipCorrupt(datasets[split])

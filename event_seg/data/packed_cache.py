@@ -90,7 +90,7 @@ class PackedCache:
         writer = _ShardWriter(tmp)
         entries, counts = {}, {"samples": 0, "raw_events": 0, "dense_events": 0}
         loader = DataLoader(_StoredForms(reader), batch_size=None, shuffle=False,
-                            num_workers=num_workers, collate_fn=lambda item: item)
+                            num_workers=num_workers, collate_fn=_as_is)
         try:
             for sources, stored in tqdm(loader, total=len(reader), desc=f"prepare {split}",
                                         unit="sample", disable=not progress):
@@ -113,6 +113,10 @@ class PackedCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return counts
+
+
+def _as_is(item):  # a module-level function: picklable under spawn and forkserver too
+    return item
 
 
 class _StoredForms:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO))
 
 from event_seg import distributed  # noqa: E402
 from event_seg.data.build import DataBundle, DatasetInfo  # noqa: E402
+from event_seg.data.collate import collate_compact  # noqa: E402
 from event_seg.data.sampling import EpochSampler  # noqa: E402
 from event_seg.engine.trainer import Trainer  # noqa: E402
 from event_seg.engine.trial import Trial  # noqa: E402
@@ -37,10 +38,12 @@ class Frames:
     def __getitem__(self, key):
         i = key[0] if isinstance(key, tuple) else key  # EpochSampler yields (index, epoch)
         g = torch.Generator().manual_seed(i)
-        mask = torch.randint(0, CLASSES, (H, W), generator=g)
+        mask = torch.randint(0, CLASSES, (H, W), generator=g, dtype=torch.uint8)
         mask[: i % 5] = 255  # a few ignored rows
-        return {"rgb": torch.rand(3, H, W, generator=g), "events": torch.randn(2, H, W, generator=g),
-                "mask": mask, "id": str(i)}
+        # A compact sample (see event_seg/data/sample.py) with a dense event tensor.
+        return {"rgb": torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy(),
+                "dense": torch.randn(2, H, W, generator=g).numpy(), "mask": mask.numpy(),
+                "id": str(i)}
 
 
 def trainer_for(cfg, size, batch, ctx, model):
@@ -49,7 +52,8 @@ def trainer_for(cfg, size, batch, ctx, model):
                        split_sizes={"val": size}, representation="histogram", num_bins=2,
                        modality="rgb+events", event_channels=2, input_channels=5, root=".")
     sampler = EpochSampler(size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
-    loader = DataLoader(Frames(size), batch_size=batch, sampler=sampler)
+    loader = DataLoader(Frames(size), batch_size=batch, sampler=sampler,
+                        collate_fn=collate_compact)
     trial = Trial(name="ddp", timestamp="t", run_dir=Path(sys.argv[1]).parent)
     return Trainer(cfg, model, DataBundle(info=info, loaders={"val": loader}), LoggerGroup([]),
                    trial, dist=ctx)
