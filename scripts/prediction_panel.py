@@ -29,9 +29,9 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from event_seg.data import build_data
-    from event_seg.data.transforms import denormalize_rgb
+    from event_seg.data.device_input import ModelInputBuilder
     from event_seg.engine.checkpoint import load_checkpoint
-    from event_seg.models import build_model, model_input
+    from event_seg.models import build_model
     from event_seg.viz import colorize, event_frame, side_by_side, stack_rows
 
     state = load_checkpoint(Path(args.checkpoint))
@@ -43,14 +43,18 @@ def main() -> None:
     model.load_state_dict(state["model"])
     model.eval()
     batch = next(iter(data.loaders[args.split]))
+    built = ModelInputBuilder(data.info, "cpu", normalize_events=cfg.dataset.normalize_events)(batch)
     with torch.no_grad():
-        pred = model(model_input(batch, data.info.modality)).argmax(1).numpy()
+        pred = model(built.inputs).argmax(1).numpy()
     info = data.info
     rows = []
     for i in range(min(args.n, len(pred))):
+        events = (built.events[i].numpy() if built.events is not None
+                  else np.zeros((1,) + pred.shape[1:], np.float32))
+        rgb = batch["rgb"][i].numpy() if "rgb" in batch else np.zeros(pred.shape[1:] + (3,), np.uint8)
         rows.append(side_by_side([
-            denormalize_rgb(batch["rgb"][i].numpy()),
-            event_frame(batch["events"][i].numpy(), info.representation),
+            rgb,
+            event_frame(events, info.representation),
             colorize(batch["mask"][i].numpy(), info.palette, info.ignore_index),
             colorize(pred[i], info.palette, info.ignore_index),
         ]))
