@@ -58,8 +58,9 @@ DSEC_SENSOR = (480, 640)
 DSEC_WINDOW_US = 50_000
 DSEC_EVENTS = 550_000          # per 50 ms window on the sensor (~7% fall in the 40 unlabelled rows)
 DSEC_T_OFFSET = 1_600_000_000_000_000  # us: the label clock is far from the event clock
-FIXTURE_VERSION = 1
-SETTINGS = {False: {"es_samples": 96, "dsec_samples": 40, "rounds": 3},
+DSEC_CHUNK = 32_768            # events per compressed chunk (fixed: h5py's guess varies with size)
+FIXTURE_VERSION = 2
+SETTINGS = {False: {"es_samples": 80, "dsec_samples": 32, "rounds": 3},
             True: {"es_samples": 24, "dsec_samples": 16, "rounds": 2}}
 MB = 1e6
 
@@ -159,7 +160,7 @@ def write_dsec(root: Path, windows: int) -> dict:
     with h5py.File(seq / "events" / "left" / "events.h5", "w") as f:
         for key, data in (("x", np.concatenate(xs)), ("y", np.concatenate(ys)), ("t", t),
                           ("p", rng.integers(0, 2, t.size).astype(np.uint8))):
-            f.create_dataset(f"events/{key}", data=data, chunks=True, **blosc)
+            f.create_dataset(f"events/{key}", data=data, chunks=(DSEC_CHUNK,), **blosc)
         f.create_dataset("ms_to_idx", data=ms_to_idx, chunks=True, **blosc)
         f.create_dataset("t_offset", data=np.int64(DSEC_T_OFFSET))
         chunk = f["events/x"].chunks
@@ -285,7 +286,8 @@ def new_pipelines(dataset: str, overrides, root: Path, cache_dir: Path) -> tuple
         cfg = compose(base + [f"dataset.representation_cache={str(cached).lower()}"])
         data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed,
                           splits=("train",))
-        builder = ModelInputBuilder(data.info, "cpu", normalize_events=cfg.dataset.normalize_events)
+        builder = ModelInputBuilder(data.info, "cpu",
+                                    normalize_events=cfg.dataset.normalize_events)
         loader = data.loaders["train"]
         reader = loader.dataset.dataset
         if cached:
@@ -294,7 +296,7 @@ def new_pipelines(dataset: str, overrides, root: Path, cache_dir: Path) -> tuple
     return pipes, counts, cfg
 
 
-def old_pipelines(dataset: str, reader_factory, modality: str, npy_dir: Path, samples: int):
+def old_pipelines(dataset: str, reader_factory, cfg, npy_dir: Path, samples: int):
     """The old loader, raw and from the old .npy representation cache (filled here first)."""
     from legacy_input_path import NpyCache, legacy_loader, legacy_model_input
 
@@ -304,9 +306,9 @@ def old_pipelines(dataset: str, reader_factory, modality: str, npy_dir: Path, sa
         filler[i]
     pipes = []
     for name, cache in (("old", None), ("old .npy cache", NpyCache(npy_dir))):
-        loader = legacy_loader(reader_factory(cache, transform=True), BATCH)
+        loader = legacy_loader(reader_factory(cache, transform=True), BATCH, seed=cfg.seed)
         pipes.append(Pipeline(dataset, name, loader,
-                              lambda batch: legacy_model_input(batch, modality)))
+                              lambda batch: legacy_model_input(batch, cfg.dataset.modality)))
     assert len(filler) == samples
     return pipes
 
@@ -326,10 +328,10 @@ def eventscape_pipelines(work: Path, samples: int):
         aug = LegacyJointTransform(True, cfg.dataset.augment.hflip, cfg.seed, ES_SIZE,
                                    cfg.dataset.ignore_index) if transform else None
         return LegacyEventScapes(frames, cfg.dataset.num_bins, cfg.dataset.normalize_events,
-                                 list(cfg.dataset.label_map), cfg.dataset.ignore_index, aug,
+                                 cfg.dataset.label_map, cfg.dataset.ignore_index, aug,
                                  cache)
 
-    old = old_pipelines("EventScape", reader, cfg.dataset.modality, work / "npy" / "es", samples)
+    old = old_pipelines("EventScape", reader, cfg, work / "npy" / "es", samples)
     return old + new, counts
 
 
@@ -353,7 +355,7 @@ def dsec_pipelines(work: Path, samples: int):
                           cfg.dataset.label_map, cfg.dataset.ignore_index, aug, cache,
                           duration_ms=cfg.dataset.dsec.duration_ms)
 
-    old = old_pipelines("DSEC", reader, cfg.dataset.modality, work / "npy" / "dsec", samples)
+    old = old_pipelines("DSEC", reader, cfg, work / "npy" / "dsec", samples)
     return old + new, counts, info
 
 
