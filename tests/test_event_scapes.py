@@ -193,6 +193,11 @@ def test_prepared_cache_is_read_without_raw_reads_and_never_stale(eventscape_roo
     cached = _model_inputs(_split(cfg, cache), cfg)
     assert len(cached) == len(fresh) == 2
     assert all(torch.equal(a, b) for a, b in zip(fresh, cached))
+    # The same folder named another way (a symlink) finds the same cache and every entry.
+    (tmp_path / "link").symlink_to(root)
+    linked = _split(_dataset_cfg(tmp_path / "link"), cache)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, _model_inputs(linked, cfg)))
+    assert linked.cache.misses == 0
     monkeypatch.undo()
 
     # A changed source file is read raw again: the new events, never the stale entry.

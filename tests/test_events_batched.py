@@ -58,7 +58,9 @@ def _cases():
 def test_voxel_grid_batch_equals_numpy_per_sample(device, normalize, compact):
     windows = _cases()
     x, y, t, p, b = _pack(windows, device, compact)
+    before = [a.clone() for a in (x, y, t, p, b)]
     grid = voxel_grid_batch(x, y, t, p, b, len(windows), BINS, H, W, normalize=normalize)
+    assert all(torch.equal(a, c) for a, c in zip(before, (x, y, t, p, b)))  # inputs untouched
     assert grid.shape == (len(windows), BINS, H, W) and grid.dtype == torch.float32
     for i, (wx, wy, wt, wp) in enumerate(windows):
         expected = voxel_grid(wx, wy, wt, wp, BINS, H, W, normalize=normalize)

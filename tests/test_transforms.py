@@ -91,3 +91,31 @@ def test_photometric_jitter_touches_rgb_only():
             np.array_equal(out[2][k], events[k]) for k in "xytp")
         changed += not np.array_equal(out[0], plain[0])
     assert changed >= 4
+
+
+def test_composed_moves_equal_step_by_step_moves():
+    """The one-pass composition of flips, pads and crops against moving the events one
+    transform at a time, on recorded parameters that chain every kind (crop, flip, pad, crop)."""
+    from event_seg.data.transforms import move_events
+
+    rng = np.random.default_rng(0)
+    n = 500
+    events = {"x": rng.integers(0, 70, n).astype(np.int16),
+              "y": rng.integers(0, 40, n).astype(np.int16),
+              "t": np.arange(n, dtype=np.int32), "p": np.ones(n, np.int8)}
+    applied = [("RandomCrop", {"shape": (40, 70), "crop_coords": (5, 3, 55, 33)}),
+               ("HorizontalFlip", {"shape": (30, 50)}),
+               ("PadIfNeeded", {"shape": (30, 50), "pad_top": 2, "pad_bottom": 4,
+                                "pad_left": 1, "pad_right": 3}),
+               ("CenterCrop", {"shape": (36, 54), "crop_coords": (4, 0, 54, 36)})]
+    x, y = events["x"].astype(int), events["y"].astype(int)
+    keep = np.ones(n, bool)
+    x, y = x - 5, y - 3
+    keep &= (x >= 0) & (x < 50) & (y >= 0) & (y < 30)
+    x = 49 - x
+    x, y = x + 1, y + 2
+    x = x - 4
+    keep &= (x >= 0) & (x < 50) & (y >= 0) & (y < 36)
+    out = move_events(events, applied)
+    assert out["x"].tolist() == x[keep].tolist() and out["y"].tolist() == y[keep].tolist()
+    assert out["t"].tolist() == events["t"][keep].tolist()

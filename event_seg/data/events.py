@@ -203,40 +203,44 @@ FIXED_POINT_SCALE = 2.0 ** 24  # weights in [-1, 1] to ~6e-8; int64 holds 5e11 e
 
 
 def _per_sample(values, batch_index, batch_size: int, reduce: str):
+    """Per-sample min or max of ``values`` (samples without events keep the opposite extreme)."""
     import torch
 
-    fill = values.max() if reduce == "amin" else values.min()
-    out = torch.full((batch_size,), 0, dtype=values.dtype, device=values.device)
-    out.fill_(fill) if values.numel() else None
-    return out.scatter_reduce(0, batch_index, values, reduce=reduce, include_self=True)
+    start = values.max() if reduce == "amin" else values.min()
+    out = start.expand(batch_size).clone()
+    return out.scatter_reduce_(0, batch_index, values, reduce=reduce, include_self=True)
 
 
 def _signed(p):
     import torch
 
     if p.dtype == torch.bool:
-        return p.to(torch.float32) * 2 - 1
+        return p.to(torch.float32).mul_(2).sub_(1)
     return torch.where(p > 0, 1.0, -1.0).to(torch.float32)
 
 
-def _scatter_add(size: int, cells, weights, deterministic: bool):
-    import torch
-
+def _scatter_add(grid, cells, weights, deterministic: bool):
+    """``grid[cells] += weights`` (flat views); in fixed point when ``deterministic``."""
     if deterministic:
-        fixed = torch.zeros(size, dtype=torch.int64, device=cells.device)
-        fixed.index_add_(0, cells, torch.round(weights.double() * FIXED_POINT_SCALE).long())
-        return (fixed.double() / FIXED_POINT_SCALE).float()
-    out = torch.zeros(size, dtype=torch.float32, device=cells.device)
-    return out.index_add_(0, cells, weights)
+        import torch
+
+        fixed = torch.round(weights.double() * FIXED_POINT_SCALE).long()
+        return grid.scatter_add_(0, cells, fixed)
+    # scatter_add_ rather than index_add_: the same atomics on CUDA, ~1.6x faster on a CPU.
+    return grid.scatter_add_(0, cells, weights)
 
 
 def _check_coordinates(x, y, batch_index, batch_size: int, height: int, width: int) -> None:
     # Only where it costs no device sync: on CUDA the readers and transforms have already
     # guaranteed the ranges (an out-of-range index there is a device-side assert).
+    import torch
+
     if x.device.type != "cpu" or not x.numel():
         return
-    if (int(x.min()) < 0 or int(y.min()) < 0 or int(x.max()) >= width or int(y.max()) >= height
-            or int(batch_index.min()) < 0 or int(batch_index.max()) >= batch_size):
+    (x_lo, x_hi), (y_lo, y_hi) = torch.aminmax(x), torch.aminmax(y)
+    b_lo, b_hi = torch.aminmax(batch_index)
+    if (int(x_lo) < 0 or int(y_lo) < 0 or int(x_hi) >= width or int(y_hi) >= height
+            or int(b_lo) < 0 or int(b_hi) >= batch_size):
         raise ValueError(f"event coordinates or batch indices out of range for a batch of "
                          f"{batch_size} {height}x{width} frames")
 
@@ -256,45 +260,57 @@ def voxel_grid_batch(x, y, t, p, batch_index, batch_size: int, num_bins: int, he
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
     device = x.device
     plane = height * width
-    if not x.numel():
-        return torch.zeros(batch_size, num_bins, height, width, device=device)
-    b = batch_index.long()
-    _check_coordinates(x, y, b, batch_size, height, width)
-    if t.dtype.is_floating_point:
-        t = t.double()
-    else:
-        t = t.long()
-    t0 = _per_sample(t, b, batch_size, "amin")
-    span = (_per_sample(t, b, batch_size, "amax") - t0).double()
-    # The same float32 arithmetic as the numpy reference: an exact offset, then one scale.
-    scale = torch.where(span > 0, (num_bins - 1) / span.clamp(min=1e-300),
-                        torch.zeros_like(span)).float()
-    tn = (t - t0[b]).float() * scale[b]
-    left = tn.long()  # tn >= 0: truncation is the floor
-    frac = tn - left
-    sign = _signed(p)
-    right_weight = sign * frac
-    cells = (b * (num_bins + 1) + left) * plane + y.long() * width + x.long()
-    size = batch_size * (num_bins + 1) * plane
-    grid = _scatter_add(size, torch.cat([cells, cells + plane]),
-                        torch.cat([sign - right_weight, right_weight]), deterministic)
-    # Weights one bin past the last (frac is 0 there) went to a spare plane: cut off.
-    grid = grid.view(batch_size, num_bins + 1, height, width)[:, :num_bins].contiguous()
+    size = batch_size * num_bins * plane
+    grid = torch.zeros(size, dtype=torch.int64 if deterministic else torch.float32,
+                       device=device)
+    if x.numel():
+        b = batch_index.long()
+        _check_coordinates(x, y, b, batch_size, height, width)
+        # One index array, built in place: a full-size temporary per step costs more than the
+        # scatter itself at 10^6 events.
+        index_dtype = torch.int64
+        pixel = y.to(index_dtype, copy=True).mul_(width).add_(x)  # never the caller's y
+        pixel.add_(b.mul(num_bins * plane))
+        sign = _signed(p)
+        if num_bins == 1:  # every event in the one bin: weight p
+            _scatter_add(grid, pixel, sign, deterministic)
+        else:
+            t = t.double() if t.dtype.is_floating_point else t.long()
+            t0 = _per_sample(t, b, batch_size, "amin")
+            span = (_per_sample(t, b, batch_size, "amax") - t0).double()
+            # The numpy reference's float32 arithmetic: an exact offset, then one scale.
+            scale = torch.where(span > 0, (num_bins - 1) / span.clamp(min=1e-300),
+                                torch.zeros_like(span)).float()
+            tn = (t - t0[b]).float().mul_(scale[b])
+            # The last stamp (tn == num_bins - 1) splits 0 / 1 between the last two bins, which
+            # is what its own bin would get: no spare bin past the end is needed.
+            left = tn.to(index_dtype).clamp_(max=num_bins - 2)
+            frac = tn.sub_(left)
+            right_weight = frac.mul_(sign)               # p * frac to bin left + 1
+            left_weight = sign.sub_(right_weight)        # p * (1 - frac) to bin left
+            cells = left.mul_(plane).add_(pixel)
+            _scatter_add(grid, cells, left_weight, deterministic)
+            _scatter_add(grid, cells.add_(plane), right_weight, deterministic)
+    if deterministic:
+        grid = grid.double().div_(FIXED_POINT_SCALE).float()
+    grid = grid.view(batch_size, num_bins, height, width)
     return normalize_nonzero_batch(grid) if normalize else grid
 
 
 def normalize_nonzero_batch(grid):
-    """Per sample of ``[B, C, H, W]``: standardise the non-zero cells (mean 0, std 1; only
-    centred when std is 0); cells without events stay exactly 0."""
+    """Per sample of ``[B, C, H, W]``, in place: standardise the non-zero cells (mean 0, std 1;
+    only centred when std is 0); cells without events stay exactly 0."""
     import torch
 
-    nonzero = grid != 0
-    count = nonzero.flatten(1).sum(1).clamp(min=1).to(grid.dtype)
-    mean = grid.flatten(1).sum(1) / count
-    centred = torch.where(nonzero, grid - mean.view(-1, 1, 1, 1), torch.zeros_like(grid))
-    std = (centred.square().flatten(1).sum(1) / count).sqrt()
-    scale = torch.where(std > 0, std, torch.ones_like(std))
-    return centred / scale.view(-1, 1, 1, 1)
+    flat = grid.view(grid.shape[0], -1)
+    nonzero = flat != 0
+    count = nonzero.sum(1, dtype=torch.float64).clamp_(min=1)
+    mean = flat.sum(1, dtype=torch.float64).div_(count)
+    # The two-pass variance (over the centred non-zero cells), as numpy computes it.
+    flat.sub_(mean.float()[:, None]).mul_(nonzero)
+    std = flat.square().sum(1, dtype=torch.float64).div_(count).sqrt_()
+    std = torch.where(std > 0, std, torch.ones_like(std)).float()
+    return flat.div_(std[:, None]).view_as(grid)
 
 
 def histogram_batch(x, y, p, batch_index, batch_size: int, height: int, width: int):

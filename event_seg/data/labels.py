@@ -28,3 +28,23 @@ def remap_labels(tags: np.ndarray, label_map: Optional[Sequence[int]], ignore_in
 def class_frequencies(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
     valid = mask[mask != ignore_index]
     return np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
+
+
+class LabelMapper:
+    """``remap_labels`` with the look-up table built once (a reader calls it per sample); uint8
+    tags, the usual case, go through one ``cv2.LUT``."""
+
+    def __init__(self, label_map: Optional[Sequence[int]], ignore_index: int):
+        self.label_map = None if label_map is None else [int(v) for v in label_map]
+        self.ignore_index = ignore_index
+        self.lut = None
+        if self.label_map is not None:
+            self.lut = np.full(256, ignore_index, dtype=np.uint8)
+            self.lut[: min(len(self.label_map), 256)] = self.label_map[:256]
+
+    def __call__(self, tags: np.ndarray) -> np.ndarray:
+        if tags.dtype == np.uint8 and self.lut is not None:
+            import cv2
+
+            return cv2.LUT(tags, self.lut)
+        return remap_labels(tags, self.label_map, self.ignore_index)

@@ -6,7 +6,7 @@ frame and the mask as uint8 and, per sample, whichever is smaller, the window's 
 their compact dtypes or the event representation in float16 (a tensor the dataset ships dense,
 DDD17's, is kept as shipped). ``index.json`` maps each sample id to its arrays (shard, byte
 offset, dtype, shape) and to the identity of every file it was read from (path, size,
-modification time, taken before reading).
+modification time, taken before reading; paths relative to the dataset root).
 
 Training maps the shards into memory and serves a sample from them only when every one of its
 source files still has the recorded identity; a replaced or touched file is read raw again, so
@@ -35,9 +35,12 @@ SHARD_BYTES = 2 ** 31  # 2 GiB per shard: few files, none unwieldy
 EVENT_FIELDS = ("x", "y", "t", "p")
 
 
-def file_identity(path) -> list:
+def file_identity(path, root) -> list:
+    """[path relative to the dataset root, size, mtime_ns]: relative, so the same folder named
+    another way (a relative root, a symlink) still matches; the cache folder itself is keyed by
+    the resolved root."""
     st = os.stat(path)
-    return [str(path), st.st_size, st.st_mtime_ns]
+    return [os.path.relpath(path, root), st.st_size, st.st_mtime_ns]
 
 
 def cache_params(dataset_cfg, root: Path) -> dict:
@@ -66,6 +69,7 @@ class PackedCache:
         digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self.dir = Path(os.path.expanduser(cache_dir)) / "packed" / digest
         self.split_folders = dict(dataset_cfg.splits)
+        self.root = Path(root)
 
     def split_dir(self, split: str) -> Path:
         folder = str(self.split_folders[split]).replace(os.sep, "__")
@@ -73,7 +77,7 @@ class PackedCache:
 
     def open_split(self, split: str) -> Optional["PackedSplit"]:
         path = self.split_dir(split)
-        return PackedSplit(path) if (path / "index.json").is_file() else None
+        return PackedSplit(path, self.root) if (path / "index.json").is_file() else None
 
     def write_split(self, split: str, reader, num_workers: int = 0, progress: bool = True) -> dict:
         """Reads every sample of ``reader`` (a CompactReader without transform) and packs the
@@ -89,7 +93,7 @@ class PackedCache:
         tmp.mkdir()
         writer = _ShardWriter(tmp)
         entries, counts = {}, {"samples": 0, "raw_events": 0, "dense_events": 0}
-        loader = DataLoader(_StoredForms(reader), batch_size=None, shuffle=False,
+        loader = DataLoader(_StoredForms(reader, self.root), batch_size=None, shuffle=False,
                             num_workers=num_workers, collate_fn=_as_is)
         try:
             for sources, stored in tqdm(loader, total=len(reader), desc=f"prepare {split}",
@@ -123,8 +127,9 @@ class _StoredForms:
     """``[i] -> (source identities, what the cache stores for sample i)``, run in loader
     workers so that decoding and binning happen in parallel."""
 
-    def __init__(self, reader):
+    def __init__(self, reader, root: Path):
         self.reader = reader
+        self.root = root
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -132,7 +137,7 @@ class _StoredForms:
     def __getitem__(self, index: int):
         reader = self.reader
         # Identities first: a file replaced while it is read then no longer matches.
-        sources = [file_identity(p) for p in reader.sources(index)]
+        sources = [file_identity(p, self.root) for p in reader.sources(index)]
         raw = reader.read(index)
         arrays = {"mask": raw["mask"]}
         if raw.get("rgb") is not None:
@@ -201,14 +206,16 @@ class PackedSplit:
     shards themselves); ``get(reader, index)`` returns the untransformed compact sample, or None
     when the cache does not hold it or one of its source files changed."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, root: Path):
         self.folder = Path(folder)
+        self.root = Path(root)
         self._entries = None
         self._shards = {}
         self.misses = 0
 
     def __getstate__(self):  # workers open their own maps
-        return {"folder": self.folder, "_entries": None, "_shards": {}, "misses": 0}
+        return {"folder": self.folder, "root": self.root, "_entries": None, "_shards": {},
+                "misses": 0}
 
     def _load(self) -> dict:
         if self._entries is None:
@@ -229,7 +236,7 @@ class PackedSplit:
 
     def get(self, reader, index: int) -> Optional[dict]:
         entry = self._load().get(reader.sample_id(index))
-        if entry is None or not self._fresh(entry["sources"], reader.sources(index)):
+        if entry is None or not self._fresh(entry["sources"], reader.sources(index), self.root):
             self._miss(reader.sample_id(index))
             return None
         arrays = {name: self._array(record) for name, record in entry["arrays"].items()}
@@ -240,11 +247,11 @@ class PackedSplit:
         return sample
 
     @staticmethod
-    def _fresh(recorded, paths) -> bool:
+    def _fresh(recorded, paths, root) -> bool:
         if len(recorded) != len(paths):
             return False
         for (path, size, mtime), now in zip(recorded, paths):
-            if str(now) != path:
+            if os.path.relpath(now, root) != path:
                 return False
             try:
                 st = os.stat(now)

@@ -64,9 +64,11 @@ class CompactReader:
                            raw.get("dense"), self.transform)
 
     def class_mask(self, tags: np.ndarray) -> np.ndarray:
-        from .labels import remap_labels
+        if getattr(self, "_labels", None) is None:
+            from .labels import LabelMapper
 
-        return remap_labels(tags, self.label_map, self.ignore_index)
+            self._labels = LabelMapper(self.label_map, self.ignore_index)
+        return self._labels(tags)
 
 
 class RawEventsDataset(CompactReader):

@@ -90,12 +90,34 @@ class JointTransform:
 # Replaying albumentations' recorded parameters on event coordinates and dense tensors
 # ---------------------------------------------------------------------------------------------
 
-def _keep(events: dict, keep: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict:
+def _select(events: dict, keep: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict:
     if keep.all():
         return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": events["t"],
                 "p": events["p"]}
     return {"x": x[keep].astype(np.int16), "y": y[keep].astype(np.int16),
             "t": events["t"][keep], "p": events["p"][keep]}
+
+
+def _materialise(events: dict, x_sign: int, x_off: int, y_off: int):
+    x = events["x"].astype(np.int32)
+    if x_sign < 0:
+        np.negative(x, out=x)
+    if x_off:
+        x += x_off
+    y = events["y"].astype(np.int32)
+    if y_off:
+        y += y_off
+    return x, y
+
+
+def _settle(events: dict, x_sign: int, x_off: int, y_off: int, frame, cut: bool) -> dict:
+    """Applies the composed integer map; with ``cut``, drops what lies outside ``frame``."""
+    x, y = _materialise(events, x_sign, x_off, y_off)
+    if not cut:
+        return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": events["t"],
+                "p": events["p"]}
+    width, height = frame
+    return _select(events, (x >= 0) & (x < width) & (y >= 0) & (y < height), x, y)
 
 
 def move_events(events: dict, applied) -> dict:
@@ -104,36 +126,52 @@ def move_events(events: dict, applied) -> dict:
     Pixel ``(x, y)`` goes where the image pixel ``(x, y)`` went: flips mirror it, padding
     shifts it, crops shift it and drop what falls outside, the affine maps it through the
     matrix albumentations warped the image with and rounds to the nearest pixel.
+
+    Flips, pads and crops compose into one integer map per axis (``x' = sign * x + offset``,
+    ``y' = y + offset``) applied in one pass; events are tested against the frame only where a
+    crop really cut it (before a pad or another crop moves the frame, and at the end), or after
+    the affine. A 10^6-event window pays a few passes, not twenty.
     """
-    x = events["x"].astype(np.int32)
-    y = events["y"].astype(np.int32)
+    x_sign, x_off, y_off = 1, 0, 0
+    cut = False  # a crop removed part of the frame: events outside it are still to be dropped
+    frame = None  # (width, height) after the last transform
     for name, params in applied:
-        height, width = params["shape"][:2]
+        height, width = params["shape"][:2]  # the frame this transform received
+        if cut and name != "HorizontalFlip":  # a flip keeps the frame; anything else moves it
+            events = _settle(events, x_sign, x_off, y_off, (width, height), cut)
+            x_sign, x_off, y_off, cut = 1, 0, 0, False
         if name == "HorizontalFlip":
-            x = (width - 1) - x
+            x_sign, x_off = -x_sign, (width - 1) - x_off
+            frame = (width, height)
         elif name == "PadIfNeeded":
-            x = x + params["pad_left"]
-            y = y + params["pad_top"]
+            x_off += params["pad_left"]
+            y_off += params["pad_top"]
+            frame = (width + params["pad_left"] + params["pad_right"],
+                     height + params["pad_top"] + params["pad_bottom"])
         elif name in ("RandomCrop", "CenterCrop"):
             if params.get("pad_params"):
                 raise NotImplementedError(f"{name} with pad_if_needed")
             x_min, y_min, x_max, y_max = params["crop_coords"]
-            x, y = x - x_min, y - y_min
-            keep = (x >= 0) & (x < x_max - x_min) & (y >= 0) & (y < y_max - y_min)
-            events = _keep(events, keep, x, y)
-            x, y = events["x"].astype(np.int32), events["y"].astype(np.int32)
+            x_off -= x_min
+            y_off -= y_min
+            cut = (x_min, y_min, x_max, y_max) != (0, 0, width, height)
+            frame = (x_max - x_min, y_max - y_min)
         elif name == "Affine":
+            x, y = _materialise(events, x_sign, x_off, y_off)
             m = np.asarray(params["matrix"], dtype=np.float64)
-            out_h, out_w = params["output_shape"][:2]
+            new_h, new_w = params["output_shape"][:2]
             xf, yf = x.astype(np.float32), y.astype(np.float32)
             nx = np.rint(m[0, 0] * xf + m[0, 1] * yf + m[0, 2]).astype(np.int32)
             ny = np.rint(m[1, 0] * xf + m[1, 1] * yf + m[1, 2]).astype(np.int32)
-            keep = (nx >= 0) & (nx < out_w) & (ny >= 0) & (ny < out_h)
-            events = _keep(events, keep, nx, ny)
-            x, y = events["x"].astype(np.int32), events["y"].astype(np.int32)
+            keep = (nx >= 0) & (nx < new_w) & (ny >= 0) & (ny < new_h)
+            events = _select(events, keep, nx, ny)
+            x_sign, x_off, y_off = 1, 0, 0
+            frame = (new_w, new_h)
         else:  # only the transforms JointTransform builds reach here
             raise NotImplementedError(f"moving events through {name}")
-    return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": events["t"], "p": events["p"]}
+    if (x_sign, x_off, y_off) == (1, 0, 0) and not cut:
+        return events
+    return _settle(events, x_sign, x_off, y_off, frame, cut)
 
 
 def move_dense(dense: np.ndarray, applied) -> np.ndarray:
