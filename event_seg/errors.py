@@ -5,6 +5,17 @@ instead of a traceback; anything else is a bug and keeps its traceback."""
 class EventSegError(Exception):
     """Base class: the message alone must tell the user what is wrong and where."""
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        # Raised in a DataLoader worker, the error reaches the main process re-raised as the same
+        # type with "Caught ... in DataLoader worker process N. Original Traceback ..." around
+        # the message: the user's one line is the last line of that text.
+        if "Original Traceback" in text:
+            last = text.strip().splitlines()[-1]
+            _, sep, message = last.partition("Error: ")
+            return message if sep else last
+        return text
+
 
 class ConfigError(EventSegError, ValueError):
     """A config value that composes but cannot be used."""

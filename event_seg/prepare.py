@@ -39,17 +39,21 @@ def prepare(cfg) -> dict:
     for split, folder in dataset_cfg.splits.items():
         if folder is None:
             continue
-        if folder in packed_folders:  # val and test often share a folder: packed once
-            done[split] = done[packed_folders[folder]]
+        target = cache.split_dir(split)
+        if target in packed_folders:  # val and test often share a folder: packed once
+            done[split] = done[packed_folders[target]]
             continue
         reader, _ = split_dataset(dataset_cfg, split, root / folder, transform=None)
         done[split] = cache.write_split(split, reader, num_workers=cfg.trainer.num_workers,
-                                        progress=cfg.trainer.progress_bar)
-        packed_folders[folder] = split
+                                        progress=cfg.trainer.progress_bar,
+                                        skip_corrupt=dataset_cfg.skip_corrupt)
+        packed_folders[target] = split
     for split, counts in done.items():
+        skipped = (f", {counts['skipped']} unreadable left out (dataset.skip_corrupt)"
+                   if counts.get("skipped") else "")
         print(f"{split}: {counts['samples']} samples ({counts['raw_events']} with raw events, "
               f"{counts['dense_events']} with a float16 representation), "
-              f"{counts['bytes'] / 2 ** 20:.1f} MiB")
+              f"{counts['bytes'] / 2 ** 20:.1f} MiB{skipped}")
     print(f"prepared cache: {cache.dir}")
     return done
 
@@ -77,6 +81,10 @@ def main(argv=None) -> int:
         prepare(cfg)
     except (HydraException, OmegaConfBaseException, EventSegError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a cache folder that cannot be written
+        print(f"error: {e.strerror or e}: {e.filename or ''} (check paths.cache_dir)",
+              file=sys.stderr)
         return 2
     return 0
 

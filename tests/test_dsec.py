@@ -171,3 +171,38 @@ def test_dsec_with_rgb_explains_why_not(dsec_root, tmp_path, cache):
                    "dataset.modality=rgb+events", out=tmp_path, cache=cache)
     assert proc.returncode == 2
     assert "ships no RGB frames aligned to the event camera" in proc.stdout + proc.stderr
+
+
+def test_prepared_cache_tracks_the_label_times_that_place_each_window(dsec_root, tmp_path):
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    import event_seg.config  # noqa: F401  (schemas)
+    from event_seg.data import build_data
+    from event_seg.prepare import main as prepare_main
+
+    root = tmp_path / "DSEC"
+    shutil.copytree(dsec_root, root)
+    overrides = ["experiment=dsec_semantic_ess", f"dataset.root={root}",
+                 f"paths.cache_dir={tmp_path / 'cache'}", "trainer.num_workers=0",
+                 "trainer.progress_bar=false", "dataset.dsec.sequences.train=[zurich_city_00_a]",
+                 "dataset.dsec.sequences.val=[zurich_city_13_a]",
+                 "dataset.dsec.sequences.test=[zurich_city_13_a]"]
+    assert prepare_main(overrides) == 0
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides + ["trial_timestamp=t"])
+
+    def first_sample():
+        data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, splits=("train",))
+        dataset = data.loaders["train"].dataset
+        return dataset[0], dataset.cache
+
+    before, cache = first_sample()
+    assert cache is not None and cache.misses == 0
+    stamps = root / "train" / "zurich_city_00_a" / "semantic" / "timestamps.txt"
+    stamps.write_text(stamps.read_text().replace(str(T_OFFSET + LABEL_TIMES[0]),
+                                                 str(T_OFFSET + LABEL_TIMES[0] + 30_000)))
+    after, cache = first_sample()
+    assert cache.misses == 1  # the window moved: read raw, never the stale entry
+    assert len(after["events"]["x"]) != len(before["events"]["x"])

@@ -102,7 +102,8 @@ def test_augment_none_turns_everything_off(tmp_path, cache):
         "translate": 0.05, "photometric_p": 0.0}
 
 
-def test_corrupt_file_stops_by_name_or_is_skipped_when_asked(eventscape_root, tmp_path, caplog):
+def test_corrupt_file_stops_by_name_or_is_skipped_when_asked(eventscape_root, tmp_path, caplog,
+                                                              capsys):
     from omegaconf import OmegaConf
 
     from event_seg.config import DatasetConfig, TrainerConfig
@@ -126,6 +127,20 @@ def test_corrupt_file_stops_by_name_or_is_skipped_when_asked(eventscape_root, tm
     batches = list(loader)
     assert len(batches) == len(loader.dataset)
     assert any(victim.name in r.message and "1 skipped" in r.message for r in caplog.records)
+
+    # event-seg-prepare: one line naming the file (from a worker too), or with skip_corrupt the
+    # readable samples packed and the unreadable one left out.
+    from event_seg.prepare import main as prepare_main
+
+    args = ["dataset=event_scapes", f"dataset.root={root}", "dataset.height=32",
+            "dataset.width=64", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.num_workers=1",
+            "trainer.progress_bar=false"]
+    capsys.readouterr()
+    assert prepare_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and victim.name in err[0] and "Traceback" not in err[0]
+    assert prepare_main(args + ["dataset.skip_corrupt=true"]) == 0
+    assert "train: 3 samples" in capsys.readouterr().out
 
 
 def _dataset_cfg(root, **extra):
@@ -159,7 +174,8 @@ def _model_inputs(dataset, info_cfg):
                            num_bins=info_cfg.num_bins, event_channels=info_cfg.num_bins,
                            ignore_index=255)
     builder = ModelInputBuilder(info, "cpu", normalize_events=info_cfg.normalize_events)
-    return [builder(collate_compact([dataset[i]])).inputs for i in range(len(dataset))]
+    # (index, epoch) keys reseed the augmentation per sample, as training does.
+    return [builder(collate_compact([dataset[(i, 1)]])).inputs for i in range(len(dataset))]
 
 
 def test_prepared_cache_is_read_without_raw_reads_and_never_stale(eventscape_root, tmp_path,
@@ -233,6 +249,35 @@ def test_dense_cache_entries_give_the_same_input_within_float16(eventscape_root,
                                  cache), cfg)
     for a, b in zip(fresh, _model_inputs(dataset, cfg)):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
+    # Under an affine or a cutting crop a representation cached before them is not the one the
+    # raw path builds from the moved events: such samples are binned from their events.
+    strong = {"augment": {"hflip": 0.5, "affine_p": 1.0, "scale": [0.8, 1.25], "rotate_deg": 5.0,
+                          "translate": 0.05, "photometric_p": 0.0}}
+    cfg = _dataset_cfg(eventscape_root, **strong)
+    raw = _model_inputs(_split(_dataset_cfg(eventscape_root, representation_cache=False,
+                                            **strong), cache, "train"), cfg)
+    cached = _model_inputs(_split(cfg, cache, "train"), cfg)
+    for a, b in zip(raw, cached):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_damaged_cache_is_reported_once_and_samples_are_read_raw(eventscape_root, tmp_path,
+                                                                    caplog):
+    from event_seg.prepare import main as prepare_main
+
+    cache = tmp_path / "cache"
+    assert prepare_main(["dataset=event_scapes", f"dataset.root={eventscape_root}",
+                         "dataset.height=32", "dataset.width=64", f"paths.cache_dir={cache}",
+                         "trainer.num_workers=0", "trainer.progress_bar=false"]) == 0
+    cfg = _dataset_cfg(eventscape_root)
+    fresh = _model_inputs(_split(_dataset_cfg(eventscape_root, representation_cache=False),
+                                 cache), cfg)
+    shard = next((cache / "packed").glob(f"*/{SPLITS['val']}/data-00000.bin"))
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, _model_inputs(_split(cfg, cache), cfg)))
+    damaged = [r for r in caplog.records if "is damaged" in r.message]
+    assert len(damaged) == 1 and "shorter than its index says" in damaged[0].message
 
 
 def test_prepare_reports_bad_overrides_in_one_line(capsys):

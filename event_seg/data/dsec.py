@@ -172,16 +172,16 @@ class DsecSemanticDataset(RawEventsDataset):
 
     def sources(self, index: int) -> list:
         frame = self.frames[index]
-        return [frame.sequence / "events" / "left" / "events.h5", frame.label]
+        left = frame.sequence / "events" / "left"
+        # Everything that shapes the sample: the events, the label, the label times that place
+        # the window and, when used, the rectification map.
+        files = [left / "events.h5", frame.label, frame.sequence / "semantic" / "timestamps.txt"]
+        return files + [left / "rectify_map.h5"] if self.rectify else files
 
-    def read(self, index: int) -> dict:
+    def window_events(self, index: int, shape=None) -> dict:
         from .events import compact_events
 
         frame = self.frames[index]
-        tags = read_label(frame.label)
-        if tags.shape != (LABEL_HEIGHT, SENSOR_WIDTH):
-            raise DatasetError(f"label {frame.label} is {tags.shape}; DSEC labels are "
-                               f"{LABEL_HEIGHT}x{SENSOR_WIDTH}")
         raw = self.read_events(frame)
         path = frame.sequence / "events" / "left" / "events.h5"
         events = compact_events(raw["x"], raw["y"], raw["t"], raw["p"], SENSOR_HEIGHT,
@@ -191,6 +191,15 @@ class DsecSemanticDataset(RawEventsDataset):
         inside = events["y"] < LABEL_HEIGHT
         if not inside.all():
             events = {k: v[inside] for k, v in events.items()}
+        return events
+
+    def read(self, index: int) -> dict:
+        frame = self.frames[index]
+        tags = read_label(frame.label)
+        if tags.shape != (LABEL_HEIGHT, SENSOR_WIDTH):
+            raise DatasetError(f"label {frame.label} is {tags.shape}; DSEC labels are "
+                               f"{LABEL_HEIGHT}x{SENSOR_WIDTH}")
+        events = self.window_events(index, (LABEL_HEIGHT, SENSOR_WIDTH))
         # No RGB aligned to the event camera ships with DSEC-Semantic: the sample has none, and
         # the modality check refuses rgb and rgb+events before training.
         return {"rgb": None, "mask": self.class_mask(tags), "events": events, "id": frame.id}

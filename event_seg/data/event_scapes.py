@@ -153,15 +153,19 @@ class EventScapesDataset(RawEventsDataset):
         return [f.rgb, f.label, f.events]
 
     def read(self, index: int) -> dict:
-        from .events import compact_events
-
         f = self.frames[index]
         rgb = read_rgb(f.rgb)
         height, width = rgb.shape[:2]
         tags = read_label(f.label)
         if tags.shape != (height, width):
             raise DatasetError(f"label {f.label} is {tags.shape}, its RGB frame {height}x{width}")
-        raw = read_events(f.events)
-        events = compact_events(raw["x"], raw["y"], raw["t"], raw["p"], height, width,
-                                str(f.events))
+        events = self.window_events(index, (height, width))
         return {"rgb": rgb, "mask": self.class_mask(tags), "events": events, "id": f.id}
+
+    def window_events(self, index: int, shape) -> dict:
+        from .events import compact_events
+
+        f = self.frames[index]
+        raw = read_events(f.events)
+        return compact_events(raw["x"], raw["y"], raw["t"], raw["p"], shape[0], shape[1],
+                              str(f.events))

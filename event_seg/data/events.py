@@ -275,22 +275,26 @@ def voxel_grid_batch(x, y, t, p, batch_index, batch_size: int, num_bins: int, he
         if num_bins == 1:  # every event in the one bin: weight p
             _scatter_add(grid, pixel, sign, deterministic)
         else:
-            t = t.double() if t.dtype.is_floating_point else t.long()
+            # Offsets and span in the stamps' own type, as the numpy reference computes them
+            # (integers exactly; float32 stamps in float32).
+            t = t if t.dtype.is_floating_point else t.long()
             t0 = _per_sample(t, b, batch_size, "amin")
             span = (_per_sample(t, b, batch_size, "amax") - t0).double()
-            # The numpy reference's float32 arithmetic: an exact offset, then one scale.
             scale = torch.where(span > 0, (num_bins - 1) / span.clamp(min=1e-300),
                                 torch.zeros_like(span)).float()
             tn = (t - t0[b]).float().mul_(scale[b])
-            # The last stamp (tn == num_bins - 1) splits 0 / 1 between the last two bins, which
-            # is what its own bin would get: no spare bin past the end is needed.
-            left = tn.to(index_dtype).clamp_(max=num_bins - 2)
+            left = tn.to(index_dtype)  # tn >= 0: truncation is the floor
             frac = tn.sub_(left)
             right_weight = frac.mul_(sign)               # p * frac to bin left + 1
             left_weight = sign.sub_(right_weight)        # p * (1 - frac) to bin left
+            # An event in the last bin has no bin to its right: its (zero or rounding-sized)
+            # right weight is dropped, as the reference drops it.
+            last = left >= num_bins - 1
+            right_weight.masked_fill_(last, 0)
             cells = left.mul_(plane).add_(pixel)
             _scatter_add(grid, cells, left_weight, deterministic)
-            _scatter_add(grid, cells.add_(plane), right_weight, deterministic)
+            _scatter_add(grid, cells.add_(plane).sub_(last.to(index_dtype) * plane),
+                         right_weight, deterministic)
     if deterministic:
         grid = grid.double().div_(FIXED_POINT_SCALE).float()
     grid = grid.view(batch_size, num_bins, height, width)

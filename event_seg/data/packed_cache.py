@@ -70,34 +70,50 @@ class PackedCache:
         self.dir = Path(os.path.expanduser(cache_dir)) / "packed" / digest
         self.split_folders = dict(dataset_cfg.splits)
         self.root = Path(root)
+        # DSEC lists its sequences per split: val and test may share a folder, not a list.
+        dsec = dataset_cfg.get("dsec") if dataset_cfg.format == "dsec_semantic" else None
+        self.sequences = dict((dsec.sequences or {}) if dsec is not None else {})
 
     def split_dir(self, split: str) -> Path:
         folder = str(self.split_folders[split]).replace(os.sep, "__")
+        sequences = self.sequences.get(split)
+        if sequences is not None:
+            listed = json.dumps(list(sequences))
+            folder += "-" + hashlib.sha256(listed.encode()).hexdigest()[:8]
         return self.dir / folder
 
     def open_split(self, split: str) -> Optional["PackedSplit"]:
         path = self.split_dir(split)
         return PackedSplit(path, self.root) if (path / "index.json").is_file() else None
 
-    def write_split(self, split: str, reader, num_workers: int = 0, progress: bool = True) -> dict:
+    def write_split(self, split: str, reader, num_workers: int = 0, progress: bool = True,
+                    skip_corrupt: bool = False) -> dict:
         """Reads every sample of ``reader`` (a CompactReader without transform) and packs the
-        split. Returns counts: samples, raw and dense event entries, bytes."""
+        split. Returns counts: samples, raw and dense event entries, skipped samples, bytes.
+        With ``skip_corrupt`` an unreadable sample is left out (training then meets it raw and
+        skips it there) instead of stopping."""
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
         target = self.split_dir(split)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "params.json").write_text(json.dumps(self.params, indent=1, sort_keys=True))
+        _remove_leftovers(self.dir, target.name)
         tmp = self.dir / f".{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         writer = _ShardWriter(tmp)
-        entries, counts = {}, {"samples": 0, "raw_events": 0, "dense_events": 0}
-        loader = DataLoader(_StoredForms(reader, self.root), batch_size=None, shuffle=False,
-                            num_workers=num_workers, collate_fn=_as_is)
+        entries = {}
+        counts = {"samples": 0, "raw_events": 0, "dense_events": 0, "skipped": 0}
+        loader = DataLoader(_StoredForms(reader, self.root, skip_corrupt), batch_size=None,
+                            shuffle=False, num_workers=num_workers, collate_fn=_as_is)
         try:
             for sources, stored in tqdm(loader, total=len(reader), desc=f"prepare {split}",
                                         unit="sample", disable=not progress):
+                if stored is None:  # unreadable, skip_corrupt: `sources` holds the reason
+                    counts["skipped"] += 1
+                    log.warning("Not packed (%d so far): %s", counts["skipped"], sources)
+                    continue
                 arrays = {name: writer.append(a) for name, a in stored["arrays"].items()}
                 entries[stored["id"]] = {"sources": sources, "arrays": arrays,
                                          "kind": stored["kind"]}
@@ -108,15 +124,50 @@ class PackedCache:
             index = {"params": self.params, "entries": entries}
             (tmp / "index.json").write_text(json.dumps(index, separators=(",", ":")))
             counts["bytes"] = writer.total
-            # Swap the whole folder in: readers see the old cache or the new one, never half.
+            # Swap the whole folder in: readers see the old cache or the new one, never half
+            # (a reader that opened the old one keeps its files: they stay until it closes
+            # them). Two prepares finishing at once take turns; the last one wins.
             old = self.dir / f".{target.name}.old-{os.getpid()}"
-            if target.exists():
-                os.replace(target, old)
-            os.replace(tmp, target)
+            with _lock(self.dir / f".{target.name}.lock"):
+                if target.exists():
+                    os.replace(target, old)
+                os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return counts
+
+
+class _lock:
+    """An exclusive flock on ``path`` for the ``with`` block."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.file = open(self.path, "a")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # releases the lock
+
+
+def _remove_leftovers(folder: Path, name: str) -> None:
+    """Temporary folders of prepares that were killed (SIGTERM from a scheduler, a crash):
+    ``.<split>.tmp-<pid>`` / ``.old-<pid>`` whose process is gone. Gigabytes on a real set."""
+    for path in folder.glob(f".{name}.*-*"):
+        kind, _, pid = path.name.rpartition("-")
+        if not (kind.endswith(".tmp") or kind.endswith(".old")) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _as_is(item):  # a module-level function: picklable under spawn and forkserver too
@@ -127,18 +178,26 @@ class _StoredForms:
     """``[i] -> (source identities, what the cache stores for sample i)``, run in loader
     workers so that decoding and binning happen in parallel."""
 
-    def __init__(self, reader, root: Path):
+    def __init__(self, reader, root: Path, skip_corrupt: bool = False):
         self.reader = reader
         self.root = root
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def __getitem__(self, index: int):
+        from ..errors import DatasetError
+
         reader = self.reader
-        # Identities first: a file replaced while it is read then no longer matches.
-        sources = [file_identity(p, self.root) for p in reader.sources(index)]
-        raw = reader.read(index)
+        try:
+            # Identities first: a file replaced while it is read then no longer matches.
+            sources = [file_identity(p, self.root) for p in reader.sources(index)]
+            raw = reader.read(index)
+        except (DatasetError, OSError) as e:
+            if not self.skip_corrupt:
+                raise DatasetError(str(e)) from None
+            return str(e), None
         arrays = {"mask": raw["mask"]}
         if raw.get("rgb") is not None:
             arrays["rgb"] = raw["rgb"]
@@ -218,15 +277,41 @@ class PackedSplit:
                 "misses": 0}
 
     def _load(self) -> dict:
+        """The index and every shard, mapped together once per process. Mapping them all at
+        once keeps a consistent set: a prepare that swaps in a new folder later unlinks the old
+        files, and the maps hold on to them. A damaged cache (unreadable index, a missing or
+        truncated shard) is reported once and not used: samples are read raw."""
         if self._entries is None:
-            with open(self.folder / "index.json") as f:
-                self._entries = json.load(f)["entries"]
+            try:
+                for _ in range(3):  # a prepare may swap the folder between the two reads
+                    stamp = os.stat(self.folder / "index.json").st_ino
+                    with open(self.folder / "index.json") as f:
+                        entries = json.load(f)["entries"]
+                    shards = {}
+                    for path in sorted(self.folder.glob("data-*.bin")):
+                        shards[int(path.stem.split("-")[1])] = np.memmap(path, mode="r")
+                    if os.stat(self.folder / "index.json").st_ino == stamp:
+                        break
+                self._check(entries, shards)
+                self._entries, self._shards = entries, shards
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("Prepared cache %s is damaged (%s): reading samples from the raw "
+                            "files; run event-seg-prepare again to rebuild it", self.folder,
+                            " ".join(str(e).split())[:200])
+                self._entries, self._shards = {}, {}
         return self._entries
+
+    @staticmethod
+    def _check(entries: dict, shards: dict) -> None:
+        for entry in entries.values():
+            for shard, offset, dtype, shape in entry["arrays"].values():
+                end = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+                if shard not in shards or end > len(shards[shard]):
+                    raise ValueError(f"shard data-{shard:05d}.bin is missing or shorter than "
+                                     f"its index says")
 
     def _array(self, record) -> np.ndarray:
         shard, offset, dtype, shape = record
-        if shard not in self._shards:
-            self._shards[shard] = np.memmap(self.folder / f"data-{shard:05d}.bin", mode="r")
         dtype = np.dtype(dtype)
         count = int(np.prod(shape))
         return np.frombuffer(self._shards[shard], dtype, count, offset).reshape(shape)
@@ -237,7 +322,8 @@ class PackedSplit:
     def get(self, reader, index: int) -> Optional[dict]:
         entry = self._load().get(reader.sample_id(index))
         if entry is None or not self._fresh(entry["sources"], reader.sources(index), self.root):
-            self._miss(reader.sample_id(index))
+            if self._entries:  # a damaged cache said so once already
+                self._miss(reader.sample_id(index))
             return None
         arrays = {name: self._array(record) for name, record in entry["arrays"].items()}
         sample = {"id": reader.sample_id(index), "rgb": arrays.get("rgb"),

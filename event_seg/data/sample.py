@@ -56,12 +56,31 @@ class CompactReader:
     def sample_id(self, index: int) -> str:
         return self.frames[index].id
 
+    # True where ``dense`` is built from raw events (the prepared cache may store it so); False
+    # where the dataset ships dense tensors (DDD17): those are the input as they are.
+    dense_from_events = False
+
     def __getitem__(self, index: int) -> dict:
         raw = self.cache.get(self, index) if self.cache is not None else None
         if raw is None:
             raw = self.read(index)
-        return make_sample(raw["rgb"], raw["mask"], raw["id"], raw.get("events"),
-                           raw.get("dense"), self.transform)
+        sample = make_sample(raw["rgb"], raw["mask"], raw["id"], raw.get("events"),
+                             raw.get("dense"), self.transform)
+        if "dense" in sample and self.dense_from_events and self.transform is not None:
+            from .transforms import changes_the_events, move_events
+
+            applied = self.transform.last_applied
+            if changes_the_events(applied):
+                # A representation cached before a crop or an affine is not the one built from
+                # the moved events: bin this sample's events as the raw path does (exact).
+                events = self.window_events(index, raw["mask"].shape)
+                sample["events"] = move_events(events, applied)
+                del sample["dense"]
+        return sample
+
+    def window_events(self, index: int, shape) -> dict:
+        """The compact events of sample ``index`` alone (see events.compact_events)."""
+        raise NotImplementedError
 
     def class_mask(self, tags: np.ndarray) -> np.ndarray:
         if getattr(self, "_labels", None) is None:
@@ -78,6 +97,7 @@ class RawEventsDataset(CompactReader):
     def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
                  label_map, ignore_index: int, transform=None):
         super().__init__(frames, label_map, ignore_index, transform)
+        self.dense_from_events = True
         self.representation = representation
         self.num_bins = num_bins
         self.normalize_events = normalize_events

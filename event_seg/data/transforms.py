@@ -50,6 +50,7 @@ class JointTransform:
             ]
         if train and hflip > 0:
             geometric.append(A.HorizontalFlip(p=hflip))
+        self.last_applied = []  # the geometric parameters of the last call (see move_events)
         # albumentations draws from its own generator: seed it, or runs are not repeatable.
         self.pipeline = (A.Compose(geometric, seed=seed, save_applied_params=True)
                          if geometric else None)
@@ -69,12 +70,13 @@ class JointTransform:
         """``rgb`` uint8 HWC (None: the sample has no frame), ``mask`` uint8 HW, ``events`` the
         compact window events (see events.compact_events) or None, ``dense`` an event tensor
         CHW or None -> the same four, moved."""
+        self.last_applied = []
         if self.pipeline is not None:
             # The draws depend only on the frame size: a one-byte-per-pixel stand-in serves a
             # sample without RGB.
             image = rgb if rgb is not None else np.zeros(mask.shape + (1,), np.uint8)
             out = self.pipeline(image=image, mask=mask)
-            applied = out["applied_transforms"]
+            applied = self.last_applied = out["applied_transforms"]
             rgb = out["image"] if rgb is not None else None
             mask = out["mask"]
             if events is not None:
@@ -84,6 +86,21 @@ class JointTransform:
         if self.photometric is not None and rgb is not None:
             rgb = self.photometric(image=rgb)["image"]
         return rgb, mask, events, dense
+
+
+def changes_the_events(applied) -> bool:
+    """True when the recorded transforms drop or displace events non-uniformly (a crop that
+    cuts the frame, an affine): a representation built before them then differs from one built
+    from the moved events (its time and value normalisation saw other events). Flips and
+    padding commute with building the representation."""
+    for name, params in applied:
+        if name == "Affine":
+            return True
+        if name in ("RandomCrop", "CenterCrop"):
+            height, width = params["shape"][:2]
+            if tuple(params["crop_coords"]) != (0, 0, width, height):
+                return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
