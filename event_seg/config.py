@@ -383,10 +383,13 @@ def _validate_label_ids(dataset) -> None:
     if len(dataset.class_names) > 255:
         raise ConfigError(f"dataset.class_names has {len(dataset.class_names)} classes; at most "
                           f"255 fit a uint8 mask beside the ignore index")
-    bad = [v for v in (dataset.label_map or []) if not 0 <= v <= 255]
+    classes = len(dataset.class_names)
+    bad = [v for v in (dataset.label_map or [])
+           if not (0 <= v < classes or v == dataset.ignore_index)]
     if bad:
         raise ConfigError(f"dataset.label_map holds {bad[:3]}: every entry must be a class id "
-                          f"in 0..255 or the ignore index")
+                          f"below the {classes} dataset.class_names or the ignore index "
+                          f"{dataset.ignore_index}")
 
 
 def _validate_schedule(scheduler) -> None:

@@ -67,6 +67,20 @@ def test_padding_to_the_model_size_is_ignored_by_the_loss(ddd17_root):
     assert (sample["dense"][:, :12] == 0).all()
 
 
+def test_label_ids_beyond_the_classes_are_named(tmp_path):
+    import cv2
+
+    root = write_ddd17(tmp_path)
+    triples, _ = index_split(root / "train")
+    labels = cv2.imread(str(triples[0][1]), cv2.IMREAD_UNCHANGED)
+    labels[5, 5] = 9  # DDD17 has 6 classes (0..5) and 255 for ignore
+    cv2.imwrite(str(triples[0][1]), labels)
+    reader = DDD17Dataset(triples, 6, None, 255)
+    reader.num_classes = 6
+    with pytest.raises(DatasetError, match=r"lbl_00000\.png: label ids \[9\] are beyond the 6"):
+        reader[0]
+
+
 def test_a_tensor_full_of_nan_is_named_not_trained_on(tmp_path):
     root = write_ddd17(tmp_path)
     triples, _ = index_split(root / "train")

@@ -131,6 +131,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             affine_p=aug.affine_p, scale=list(aug.scale), rotate_deg=aug.rotate_deg,
             translate=aug.translate, photometric_p=aug.photometric_p)
         datasets[split], n_skipped = split_dataset(dataset_cfg, split, root / folder, transform)
+        datasets[split].num_classes = len(dataset_cfg.class_names)
         if dataset_cfg.representation_cache:
             datasets[split].cache = open_packed_split(dataset_cfg, root, cache_dir, split)
         if dataset_cfg.skip_corrupt:

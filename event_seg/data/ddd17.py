@@ -98,7 +98,7 @@ class DDD17Dataset(CompactReader):
     def read(self, index: int) -> dict:
         image, label, events = self.frames[index]
         rgb = read_gray_as_rgb(image)
-        mask = self.class_mask(read_label(label))
+        mask = self.class_mask(read_label(label), label)
         tensor = read_event_tensor(events, self.event_channels)
         if not (rgb.shape[:2] == mask.shape == tensor.shape[1:]):
             raise DatasetError(f"DDD17 sample sizes differ: {image.name} {rgb.shape[:2]}, "

@@ -202,4 +202,4 @@ class DsecSemanticDataset(RawEventsDataset):
         events = self.window_events(index, (LABEL_HEIGHT, SENSOR_WIDTH))
         # No RGB aligned to the event camera ships with DSEC-Semantic: the sample has none, and
         # the modality check refuses rgb and rgb+events before training.
-        return {"rgb": None, "mask": self.class_mask(tags), "events": events, "id": frame.id}
+        return {"rgb": None, "mask": self.class_mask(tags, frame.label), "events": events, "id": frame.id}

@@ -160,7 +160,7 @@ class EventScapesDataset(RawEventsDataset):
         if tags.shape != (height, width):
             raise DatasetError(f"label {f.label} is {tags.shape}, its RGB frame {height}x{width}")
         events = self.window_events(index, (height, width))
-        return {"rgb": rgb, "mask": self.class_mask(tags), "events": events, "id": f.id}
+        return {"rgb": rgb, "mask": self.class_mask(tags, f.label), "events": events, "id": f.id}
 
     def window_events(self, index: int, shape) -> dict:
         from .events import compact_events

@@ -82,12 +82,27 @@ class CompactReader:
         """The compact events of sample ``index`` alone (see events.compact_events)."""
         raise NotImplementedError
 
-    def class_mask(self, tags: np.ndarray) -> np.ndarray:
+    num_classes = None  # set by build.split_dataset: class ids of the mask are checked against it
+
+    def class_mask(self, tags: np.ndarray, source) -> np.ndarray:
+        """The uint8 class mask of a label image; an id beyond the classes that is not the
+        ignore index is a ``DatasetError`` naming ``source`` (it would otherwise be an index
+        error inside the loss, or a device-side assert on a GPU)."""
         if getattr(self, "_labels", None) is None:
             from .labels import LabelMapper
 
             self._labels = LabelMapper(self.label_map, self.ignore_index)
-        return self._labels(tags)
+        mask = self._labels(tags)
+        if self.num_classes is not None and self.label_map is None:
+            bad = (mask >= self.num_classes) & (mask != self.ignore_index)
+            if bad.any():
+                from ..errors import DatasetError
+
+                ids = sorted(set(np.unique(mask[bad]).tolist()))[:5]
+                raise DatasetError(f"{source}: label ids {ids} are beyond the "
+                                   f"{self.num_classes} classes of dataset.class_names and not "
+                                   f"dataset.ignore_index={self.ignore_index}")
+        return mask
 
 
 class RawEventsDataset(CompactReader):
