@@ -99,7 +99,7 @@ class PackedCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "params.json").write_text(json.dumps(self.params, indent=1, sort_keys=True))
         _remove_leftovers(self.dir, target.name)
-        tmp = self.dir / f".{target.name}.tmp-{os.getpid()}"
+        tmp = self.dir / f".{target.name}.tmp-{_process_tag()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         writer = _ShardWriter(tmp)
@@ -127,7 +127,7 @@ class PackedCache:
             # Swap the whole folder in: readers see the old cache or the new one, never half
             # (a reader that opened the old one keeps its files: they stay until it closes
             # them). Two prepares finishing at once take turns; the last one wins.
-            old = self.dir / f".{target.name}.old-{os.getpid()}"
+            old = self.dir / f".{target.name}.old-{_process_tag()}"
             with _lock(self.dir / f".{target.name}.lock"):
                 if target.exists():
                     os.replace(target, old)
@@ -155,19 +155,31 @@ class _lock:
         self.file.close()  # releases the lock
 
 
+def _process_tag() -> str:
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _remove_leftovers(folder: Path, name: str) -> None:
     """Temporary folders of prepares that were killed (SIGTERM from a scheduler, a crash):
-    ``.<split>.tmp-<pid>`` / ``.old-<pid>`` whose process is gone. Gigabytes on a real set."""
-    for path in folder.glob(f".{name}.*-*"):
-        kind, _, pid = path.name.rpartition("-")
-        if not (kind.endswith(".tmp") or kind.endswith(".old")) or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
+    ``.<split>.tmp-<host>-<pid>`` / ``.old-...`` of this host whose process is gone (a cache on
+    a shared disk: another node's prepare is never touched). Gigabytes on a real set."""
+    host = _process_tag().rpartition("-")[0]
+    for kind in ("tmp", "old"):
+        for path in folder.glob(f".{name}.{kind}-{host}-*"):
+            pid = path.name.rpartition("-")[2]
+            if pid.isdigit():
+                _remove_if_dead(path, int(pid))
+
+
+def _remove_if_dead(path: Path, pid: int) -> None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        shutil.rmtree(path, ignore_errors=True)
+    except PermissionError:  # alive, another user's
+        pass
 
 
 def _as_is(item):  # a module-level function: picklable under spawn and forkserver too
