@@ -273,15 +273,13 @@ def make_trainer(cfg, data, run_dir: Path):
                    Trial(name="gpu", timestamp="gpu", run_dir=run_dir))
 
 
-def step_only(bench: Bench, trainer, cpu_batch, built, steps: int) -> tuple:
-    """``Trainer.train_one_epoch`` replaying one batch already built on the device: the
-    Trainer's own step (forward, loss, backward, clipping, optimizer, schedule, deferred
-    non-finite check), without the loader and without building the input."""
+def timed_epoch(bench: Bench, trainer, train_loader, steps: int) -> tuple:
+    """``Trainer.train_one_epoch`` over ``train_loader`` for ``steps`` steps, synchronised on
+    both ends: (steps done, seconds). The trainer's data is restored afterwards."""
     from event_seg.data.build import DataBundle
 
-    real_inputs, real_data, real_steps = trainer.inputs, trainer.data, trainer.steps_per_epoch
-    trainer.inputs = lambda batch, pad=False: built
-    trainer.data = DataBundle(trainer.info, {"train": [cpu_batch] * steps})
+    real_data, real_steps = trainer.data, trainer.steps_per_epoch
+    trainer.data = DataBundle(trainer.info, {"train": train_loader})
     trainer.steps_per_epoch = steps
     try:
         before = trainer.global_step
@@ -291,30 +289,28 @@ def step_only(bench: Bench, trainer, cpu_batch, built, steps: int) -> tuple:
         sync(trainer.device)
         seconds = time.perf_counter() - started
     finally:
-        trainer.inputs, trainer.data, trainer.steps_per_epoch = real_inputs, real_data, real_steps
-    done = trainer.global_step - before
+        trainer.data, trainer.steps_per_epoch = real_data, real_steps
+    return trainer.global_step - before, seconds
+
+
+def step_only(bench: Bench, trainer, cpu_batch, built, steps: int) -> tuple:
+    """``Trainer.train_one_epoch`` replaying one batch already built on the device: the
+    Trainer's own step (forward, loss, backward, clipping, optimizer, schedule, deferred
+    non-finite check), without the loader and without building the input."""
+    real_inputs = trainer.inputs
+    trainer.inputs = lambda batch, pad=False: built
+    try:
+        done, seconds = timed_epoch(bench, trainer, [cpu_batch] * steps, steps)
+    finally:
+        trainer.inputs = real_inputs
     assert done == steps, f"timed {done} steps, expected {steps}"
     return done * built.samples, seconds
 
 
 def end_to_end(bench: Bench, trainer, loader) -> tuple:
     """``Trainer.train_one_epoch`` over the real loader: (samples, seconds, waiting seconds)."""
-    from event_seg.data.build import DataBundle
-
     counted = Counted(loader)
-    real_data, real_steps = trainer.data, trainer.steps_per_epoch
-    trainer.data = DataBundle(trainer.info, {"train": counted})
-    trainer.steps_per_epoch = len(loader)
-    try:
-        before = trainer.global_step
-        sync(trainer.device)
-        started = time.perf_counter()
-        trainer.train_one_epoch(bench.next_epoch())
-        sync(trainer.device)
-        seconds = time.perf_counter() - started
-    finally:
-        trainer.data, trainer.steps_per_epoch = real_data, real_steps
-    done = trainer.global_step - before
+    done, seconds = timed_epoch(bench, trainer, counted, len(loader))
     steps, batch = bench.args.steps, bench.args.batch
     assert done == counted.batches == steps, (done, counted.batches, steps)
     assert counted.samples == steps * batch, (counted.samples, steps * batch)

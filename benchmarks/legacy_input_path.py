@@ -259,17 +259,6 @@ class LegacyEventScapes(_LegacyReader):
         return make_sample(rgb, events, mask, f.id, self.transform)
 
 
-def _window(t, ms_to_idx, t_end: int, duration_us: int):
-    def index_at(t_us: int) -> int:
-        ms = int(np.clip(t_us // 1000, 0, len(ms_to_idx) - 1))
-        lo = int(ms_to_idx[ms])
-        hi = int(ms_to_idx[ms + 1]) if ms + 1 < len(ms_to_idx) else len(t)
-        return lo + int(np.searchsorted(t[lo:hi], t_us, side="left"))
-
-    end = index_at(t_end) if t_end >= 0 else 0
-    return index_at(max(t_end - duration_us, 0)), end
-
-
 class LegacyDsec(_LegacyReader):
     """``frames``: event_seg.data.dsec.index_split's DsecFrames; a fixed-duration window."""
 
@@ -289,8 +278,10 @@ class LegacyDsec(_LegacyReader):
 
     def read_events(self, frame) -> dict:
         f, ms_to_idx, t_offset = self._open(frame.sequence)
-        start, end = _window(f["events/t"], ms_to_idx, frame.timestamp_us - t_offset,
-                             self.duration_us)
+        from event_seg.data.dsec import window_indices
+
+        start, end = window_indices(f["events/t"], ms_to_idx, frame.timestamp_us - t_offset,
+                                    self.duration_us, None)
         return {k: f[f"events/{k}"][start:end] for k in ("x", "y", "t", "p")}
 
     def __getitem__(self, index: int) -> dict:

@@ -49,10 +49,6 @@ def collate_compact(samples: list) -> dict:
     return batch
 
 
-def batch_size_of(batch: dict) -> int:
-    return int(batch["mask"].shape[0])
-
-
 def batch_nbytes(batch: dict) -> int:
     """Bytes of every tensor of a collated batch (what crosses to the device)."""
     import torch

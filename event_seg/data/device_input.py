@@ -17,18 +17,14 @@ import torch
 
 from .events import events_to_tensor_batch
 
-EVENT_TENSORS = ("events_x", "events_y", "events_t", "events_p", "events_count")
-
-
 @dataclass
 class DeviceBatch:
-    """What one batch became on the device. ``rgb`` (normalised, ``[B, 3, H, W]``) and
-    ``events`` (the representation, ``[B, C, H, W]``) are the model's input pieces, kept for
-    the panels; ``samples`` is the number of real samples (``inputs`` may be padded past it)."""
+    """What one batch became on the device. ``events`` (the representation, ``[B, C, H, W]``)
+    is kept for the panels; ``samples`` is the number of real samples (``inputs`` may be
+    padded past it)."""
 
     inputs: torch.Tensor
     target: torch.Tensor
-    rgb: Optional[torch.Tensor]
     events: Optional[torch.Tensor]
     samples: int
 
@@ -83,7 +79,7 @@ class ModelInputBuilder:
                                                         self.info.ignore_index)])
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         inputs = inputs.contiguous(memory_format=memory_format)
-        return DeviceBatch(inputs, target, rgb, events, size)
+        return DeviceBatch(inputs, target, events, size)
 
     def _events(self, moved: dict, size: int, height: int, width: int) -> torch.Tensor:
         info = self.info

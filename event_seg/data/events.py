@@ -204,8 +204,6 @@ FIXED_POINT_SCALE = 2.0 ** 24  # weights in [-1, 1] to ~6e-8; int64 holds 5e11 e
 
 def _per_sample(values, batch_index, batch_size: int, reduce: str):
     """Per-sample min or max of ``values`` (samples without events keep the opposite extreme)."""
-    import torch
-
     start = values.max() if reduce == "amin" else values.min()
     out = start.expand(batch_size).clone()
     return out.scatter_reduce_(0, batch_index, values, reduce=reduce, include_self=True)

@@ -328,9 +328,6 @@ class PackedSplit:
         count = int(np.prod(shape))
         return np.frombuffer(self._shards[shard], dtype, count, offset).reshape(shape)
 
-    def __len__(self) -> int:
-        return len(self._load())
-
     def get(self, reader, index: int) -> Optional[dict]:
         entry = self._load().get(reader.sample_id(index))
         if entry is None or not self._fresh(entry["sources"], reader.sources(index), self.root):

@@ -109,10 +109,11 @@ class RawEventsDataset(CompactReader):
     """A reader of raw window events: the representation settings travel with it (the device
     builds the tensor; the prepared cache may store it dense)."""
 
+    dense_from_events = True
+
     def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
                  label_map, ignore_index: int, transform=None):
         super().__init__(frames, label_map, ignore_index, transform)
-        self.dense_from_events = True
         self.representation = representation
         self.num_bins = num_bins
         self.normalize_events = normalize_events

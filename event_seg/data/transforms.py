@@ -227,9 +227,3 @@ def normalize_rgb(rgb_u8):
     mean = torch.as_tensor(RGB_MEAN, device=rgb_u8.device)
     std = torch.as_tensor(RGB_STD, device=rgb_u8.device)
     return ((rgb_u8.float() - mean) / std).permute(0, 3, 1, 2)
-
-
-def denormalize_rgb(rgb_chw: np.ndarray) -> np.ndarray:
-    """Back to uint8 HWC for display."""
-    img = rgb_chw.transpose(1, 2, 0) * RGB_STD + RGB_MEAN
-    return np.clip(img, 0, 255).astype(np.uint8)
