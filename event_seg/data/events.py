@@ -179,15 +179,26 @@ def compact_events(x, y, t, p, height: int, width: int, source: str) -> dict:
     if t.dtype.kind == "f":
         offset = (t - t0).astype(np.float32)
     else:
-        offset = t - t0  # exact in the stamps' own integer type
-        offset = offset.astype(np.int32 if offset.max() <= np.iinfo(np.int32).max else np.int64)
+        offset = t - t0  # exact in the stamps' own integer type, never negative
+        wide = offset.max() > np.iinfo(np.int32).max
+        offset = _as_int(offset, np.int64 if wide else np.int32)
     if p.dtype == np.bool_ or p.dtype.kind == "u":
         sign = p.astype(np.int8)
         sign *= 2
         sign -= 1  # 0/1 -> -1/+1 (the signed cast first: see signed_polarity)
     else:
         sign = np.where(p > 0, 1, -1).astype(np.int8)
-    return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": offset, "p": sign}
+    return {"x": _as_int(x, np.int16), "y": _as_int(y, np.int16), "t": offset, "p": sign}
+
+
+def _as_int(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` (integers already checked to fit ``dtype``, never negative when unsigned) as
+    ``dtype``: a view where only the signedness differs (uint16 coordinates as int16, uint32
+    offsets as int32) instead of a copy. A 10^6-event DSEC window saves a few milliseconds."""
+    dtype = np.dtype(dtype)
+    if a.dtype.kind in "iu" and a.dtype.itemsize == dtype.itemsize:
+        return a.view(dtype)
+    return a.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------

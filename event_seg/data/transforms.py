@@ -191,6 +191,17 @@ def move_events(events: dict, applied) -> dict:
     return _settle(events, x_sign, x_off, y_off, frame, cut)
 
 
+def _pad_chw(dense: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Zero padding of a CHW tensor in one copy (a flipped view lands unflipped-contiguous):
+    np.pad costs a quarter more on a DSEC-sized float16 tensor, on every cached sample."""
+    c, h, w = dense.shape
+    out = np.empty((c, top + h + bottom, left + w + right), dense.dtype)
+    out[:, :top], out[:, top + h:] = 0, 0
+    out[:, top:top + h, :left], out[:, top:top + h, left + w:] = 0, 0
+    out[:, top:top + h, left:left + w] = dense
+    return out
+
+
 def move_dense(dense: np.ndarray, applied) -> np.ndarray:
     """Applies the recorded geometric transforms to a CHW event tensor of any float dtype
     (float16 stays float16 except through an affine, which interpolates in float32)."""
@@ -200,8 +211,8 @@ def move_dense(dense: np.ndarray, applied) -> np.ndarray:
         if name == "HorizontalFlip":
             dense = dense[:, :, ::-1]
         elif name == "PadIfNeeded":
-            dense = np.pad(dense, ((0, 0), (params["pad_top"], params["pad_bottom"]),
-                                   (params["pad_left"], params["pad_right"])))
+            dense = _pad_chw(dense, params["pad_top"], params["pad_bottom"],
+                             params["pad_left"], params["pad_right"])
         elif name in ("RandomCrop", "CenterCrop"):
             x_min, y_min, x_max, y_max = params["crop_coords"]
             dense = dense[:, y_min:y_max, x_min:x_max]
