@@ -119,3 +119,20 @@ def test_composed_moves_equal_step_by_step_moves():
     out = move_events(events, applied)
     assert out["x"].tolist() == x[keep].tolist() and out["y"].tolist() == y[keep].tolist()
     assert out["t"].tolist() == events["t"][keep].tolist()
+
+
+def test_moves_on_a_wide_frame_keep_every_coordinate():
+    """A frame near the 16-bit limit takes the int32 path: a crop far to the right still lands
+    each event on its own pixel (no wrap-around), and a flip mirrors it exactly."""
+    from event_seg.data.transforms import move_events
+
+    x = np.array([0, 19999, 20000, 25000, 29999], np.int16)
+    events = {"x": x, "y": np.zeros(5, np.int16), "t": np.arange(5, dtype=np.int32),
+              "p": np.ones(5, np.int8)}
+    applied = [("HorizontalFlip", {"shape": (4, 30000)}),
+               ("RandomCrop", {"shape": (4, 30000), "crop_coords": (0, 0, 10000, 4)})]
+    out = move_events(events, applied)
+    flipped = 29999 - x.astype(int)
+    keep = flipped < 10000
+    assert out["x"].tolist() == flipped[keep].tolist() == [9999, 4999, 0]
+    assert out["t"].tolist() == [2, 3, 4]

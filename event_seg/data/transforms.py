@@ -109,30 +109,38 @@ def changes_the_events(applied) -> bool:
 
 def _select(events: dict, keep: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict:
     if keep.all():
-        return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": events["t"],
-                "p": events["p"]}
-    return {"x": x[keep].astype(np.int16), "y": y[keep].astype(np.int16),
+        return {"x": x.astype(np.int16, copy=False), "y": y.astype(np.int16, copy=False),
+                "t": events["t"], "p": events["p"]}
+    return {"x": x[keep].astype(np.int16, copy=False), "y": y[keep].astype(np.int16, copy=False),
             "t": events["t"][keep], "p": events["p"][keep]}
 
 
-def _materialise(events: dict, x_sign: int, x_off: int, y_off: int):
-    x = events["x"].astype(np.int32)
+def _materialise(events: dict, x_sign: int, x_off: int, y_off: int, source):
+    """The composed map applied to the coordinates of events inside ``source`` (width, height).
+
+    In int16, one pass per moved axis and none for an unmoved one, when no result can leave
+    the int16 range (any frame under 16k pixels); in int32 otherwise. A DSEC window holds 10^6
+    events: the passes count."""
+    width, height = source
+    small = width + abs(x_off) < 32768 and height + abs(y_off) < 32768
+    dtype = np.int16 if small else np.int32
+    x, y = events["x"], events["y"]
     if x_sign < 0:
-        np.negative(x, out=x)
-    if x_off:
-        x += x_off
-    y = events["y"].astype(np.int32)
-    if y_off:
-        y += y_off
+        x = np.subtract(dtype(x_off), x, dtype=dtype)
+    elif x_off or not small:
+        x = np.add(x, dtype(x_off), dtype=dtype)
+    if y_off or not small:
+        y = np.add(y, dtype(y_off), dtype=dtype)
     return x, y
 
 
-def _settle(events: dict, x_sign: int, x_off: int, y_off: int, frame, cut: bool) -> dict:
-    """Applies the composed integer map; with ``cut``, drops what lies outside ``frame``."""
-    x, y = _materialise(events, x_sign, x_off, y_off)
+def _settle(events: dict, x_sign: int, x_off: int, y_off: int, source, frame, cut: bool) -> dict:
+    """Applies the composed map to events inside ``source``; with ``cut``, drops what lies
+    outside ``frame`` (both (width, height))."""
+    x, y = _materialise(events, x_sign, x_off, y_off, source)
     if not cut:
-        return {"x": x.astype(np.int16), "y": y.astype(np.int16), "t": events["t"],
-                "p": events["p"]}
+        return {"x": x.astype(np.int16, copy=False), "y": y.astype(np.int16, copy=False),
+                "t": events["t"], "p": events["p"]}
     width, height = frame
     return _select(events, (x >= 0) & (x < width) & (y >= 0) & (y < height), x, y)
 
@@ -152,11 +160,15 @@ def move_events(events: dict, applied) -> dict:
     x_sign, x_off, y_off = 1, 0, 0
     cut = False  # a crop removed part of the frame: events outside it are still to be dropped
     frame = None  # (width, height) after the last transform
+    source = None  # (width, height) of the frame the events lie in before the composed map
     for name, params in applied:
         height, width = params["shape"][:2]  # the frame this transform received
+        if source is None:
+            source = (width, height)
         if cut and name != "HorizontalFlip":  # a flip keeps the frame; anything else moves it
-            events = _settle(events, x_sign, x_off, y_off, (width, height), cut)
+            events = _settle(events, x_sign, x_off, y_off, source, (width, height), cut)
             x_sign, x_off, y_off, cut = 1, 0, 0, False
+            source = (width, height)
         if name == "HorizontalFlip":
             x_sign, x_off = -x_sign, (width - 1) - x_off
             frame = (width, height)
@@ -174,7 +186,7 @@ def move_events(events: dict, applied) -> dict:
             cut = (x_min, y_min, x_max, y_max) != (0, 0, width, height)
             frame = (x_max - x_min, y_max - y_min)
         elif name == "Affine":
-            x, y = _materialise(events, x_sign, x_off, y_off)
+            x, y = _materialise(events, x_sign, x_off, y_off, source)
             m = np.asarray(params["matrix"], dtype=np.float64)
             new_h, new_w = params["output_shape"][:2]
             xf, yf = x.astype(np.float32), y.astype(np.float32)
@@ -183,12 +195,12 @@ def move_events(events: dict, applied) -> dict:
             keep = (nx >= 0) & (nx < new_w) & (ny >= 0) & (ny < new_h)
             events = _select(events, keep, nx, ny)
             x_sign, x_off, y_off = 1, 0, 0
-            frame = (new_w, new_h)
+            frame = source = (new_w, new_h)
         else:  # only the transforms JointTransform builds reach here
             raise NotImplementedError(f"moving events through {name}")
     if (x_sign, x_off, y_off) == (1, 0, 0) and not cut:
         return events
-    return _settle(events, x_sign, x_off, y_off, frame, cut)
+    return _settle(events, x_sign, x_off, y_off, source, frame, cut)
 
 
 def _pad_chw(dense: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
