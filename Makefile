@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[dev,export]' $(TORCH_PIN)
 	touch $(STAMP)
 
 train: $(STAMP)

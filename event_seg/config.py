@@ -57,13 +57,27 @@ class AugmentConfig:
 
 
 @dataclass
+class TimeSurfaceConfig:
+    # Decay constant of representation=time_surface: a pixel holds exp(-age / tau) of its last
+    # event. 50 ms is the length of a DSEC/ESS window (its oldest events keep e^-1 = 0.37) and
+    # half a synthetic one (10 fps: e^-2 = 0.14), so a whole window stays visible and the
+    # most recent events stand out. Converted to each dataset's own time unit when used.
+    tau_ms: float = 50.0
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING
-    format: str = MISSING
+    # A built-in reader (CHOICES) or null with `_target_`: your own reader class, built per split
+    # with the split folder, transform and representation settings plus `kwargs` (targets.py).
+    format: Optional[str] = None
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
     root: Optional[str] = None
     modality: str = "rgb+events"
     representation: str = "voxel_grid"
-    num_bins: int = 5
+    num_bins: int = 5  # voxel_grid time bins; mdes channels
+    time_surface: TimeSurfaceConfig = field(default_factory=TimeSurfaceConfig)
     # Read samples from the cache `event-seg-prepare` packs (decoded frames, labels, window
     # events) when it exists; never stale: keyed by the dataset settings and each source file's
     # path, size and modification time (a changed file is read raw again).
@@ -89,9 +103,15 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    arch: str = MISSING
+    # An smp architecture (CHOICES) or null with `_target_`: any nn.Module class, built with
+    # in_channels and classes from the dataset. `kwargs`: the architecture's or the class's own
+    # further arguments, checked against its signature (targets.py), so the keys above keep
+    # their typo check.
+    arch: Optional[str] = None
     encoder_name: str = "resnet18"
     encoder_weights: Optional[str] = None
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +145,20 @@ class InferenceConfig:
 
 
 @dataclass
+class EmaConfig:
+    # Exponential moving average of the weights: ema = decay * ema + (1 - decay) * weights after
+    # every optimizer step. null: off. Validation, the best checkpoint and the test use it.
+    decay: Optional[float] = None
+
+
+@dataclass
+class EarlyStoppingConfig:
+    # Stop after this many epochs without a better val_mean_iou; null: never stop early.
+    patience: Optional[int] = None
+    min_delta: float = 0.0  # an improvement smaller than this does not count
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 6
     batch_size: int = 8
@@ -141,12 +175,43 @@ class TrainerConfig:
     deterministic: bool = False  # reproducible GPU runs: deterministic kernels, fixed-point scatter
     vis: VisConfig = field(default_factory=VisConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    # Sum the gradients of this many batches before each optimizer (and scheduler) step.
+    accumulate_grad_batches: int = 1
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
 class PathsConfig:
     output_root: str = "outputs"
     cache_dir: str = "~/.cache/event_seg"
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"  # ce | dice | focal | lovasz | ce+dice (segmentation_models_pytorch.losses)
+    # Per-class weights (ce, focal, dice, ce+dice): a list with one weight per class, or "auto"
+    # (inverse square root of each class's pixel frequency in the train split).
+    class_weights: Optional[Any] = None
+    label_smoothing: float = 0.0  # ce and the ce part of ce+dice
+    focal_gamma: float = 2.0
+    ce_weight: float = 1.0  # ce+dice: ce_weight * ce + dice_weight * dice
+    dice_weight: float = 1.0
+
+
+@dataclass
+class SlidingWindowConfig:
+    size: Optional[List[int]] = None    # [height, width] of each window; null: whole inputs
+    stride: Optional[List[int]] = None  # [height, width]; null: half the size (50% overlap)
+
+
+@dataclass
+class EvaluateConfig:
+    tta: str = "none"  # none | hflip: average the softmax of the input and its mirror image
+    sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
+    # Apply tta / sliding_window in validation (and the inference_* scores) too, not only in
+    # the final test and event-seg-evaluate; slower epochs.
+    in_validation: bool = False
 
 
 @dataclass
@@ -159,6 +224,8 @@ class TrainConfig:
     logger: Optional[Dict[str, Any]] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     seed: int = 42
     trial_timestamp: str = MISSING
     run_name: str = MISSING
@@ -175,10 +242,12 @@ def register_schemas() -> None:
 
 register_schemas()
 
+# Null where the group's `_target_` builds the model or reader instead.
+BUILT_BY_TARGET = ("model.arch", "dataset.format")
 # The allowed values of string choices, checked by `validate`.
 CHOICES: Dict[str, tuple] = {
     "dataset.modality": ("rgb", "events", "rgb+events"),
-    "dataset.representation": ("voxel_grid", "histogram", "precomputed"),
+    "dataset.representation": ("voxel_grid", "histogram", "time_surface", "mdes", "precomputed"),
     "dataset.format": ("event_scapes", "ddd17", "dsec_semantic"),
     "model.arch": ("Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus",
                    "Linknet", "MAnet", "PAN", "UPerNet", "Segformer", "DPT"),
@@ -187,6 +256,8 @@ CHOICES: Dict[str, tuple] = {
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.nonfinite": ("stop", "skip"),
     "trainer.memory_format": ("auto", "channels_last", "contiguous"),
+    "loss.name": ("ce", "dice", "focal", "lovasz", "ce+dice"),
+    "evaluate.tta": ("none", "hflip"),
 }
 
 
@@ -249,6 +320,11 @@ def unknown_key_message(keys: List[str]) -> str:
     """``unknown config key: trainer.epoch (did you mean trainer.epochs?) ...``"""
     import difflib
 
+    added = [k for k in keys if k.split(".")[1:2] == ["kwargs"]]
+    if added:
+        # Hydra's struct mode: a key the config file does not set yet needs `+` to be added.
+        return (f"{added[0]} is not set in the config yet: add an argument of the model or "
+                f"reader with +{added[0]}=<value> (checked against its signature)")
     schema_keys = _all_keys(OmegaConf.structured(TrainConfig))
     hints = []
     for key in keys:
@@ -295,6 +371,70 @@ def make_paths_absolute(cfg: DictConfig) -> None:
     cfg.paths.cache_dir = os.path.abspath(os.path.expanduser(str(cfg.paths.cache_dir)))
 
 
+def _validate_loss(loss, num_classes: int) -> None:
+    weights = loss.class_weights
+    if weights is not None:
+        if loss.name == "lovasz":
+            raise ConfigError("loss.class_weights is not used by loss=lovasz (smp's Lovasz loss "
+                              "takes no class weights); drop it or pick ce, focal, dice or ce+dice")
+        if isinstance(weights, str):
+            if weights != "auto":
+                raise ConfigError(f"loss.class_weights={weights!r} is not 'auto' or a list of "
+                                  f"{num_classes} numbers")
+        else:
+            try:
+                values = [float(w) for w in weights]
+            except (TypeError, ValueError):
+                raise ConfigError(f"loss.class_weights={weights!r} is not 'auto' or a list of "
+                                  f"{num_classes} numbers") from None
+            if len(values) != num_classes or min(values) < 0 or not any(values):
+                raise ConfigError(f"loss.class_weights needs {num_classes} non-negative numbers "
+                                  f"(one per dataset.class_names entry), not all zero; got "
+                                  f"{len(values)}: {values}")
+    if not 0.0 <= loss.label_smoothing < 1.0:
+        raise ConfigError(f"loss.label_smoothing={loss.label_smoothing} must be in [0, 1)")
+    if loss.focal_gamma < 0:
+        raise ConfigError(f"loss.focal_gamma={loss.focal_gamma} must be >= 0")
+    if loss.ce_weight < 0 or loss.dice_weight < 0 or loss.ce_weight + loss.dice_weight <= 0:
+        raise ConfigError("loss.ce_weight and loss.dice_weight must be >= 0, not both 0")
+
+
+def _validate_training_extras(trainer) -> None:
+    if trainer.accumulate_grad_batches < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} "
+                          f"must be >= 1 (1: a step per batch)")
+    decay = trainer.ema.decay
+    if decay is not None and not 0.0 < decay < 1.0:
+        raise ConfigError(f"trainer.ema.decay={decay} must be in (0, 1), e.g. 0.999, or null "
+                          f"(off)")
+    patience = trainer.early_stopping.patience
+    if patience is not None and patience < 1:
+        raise ConfigError(f"trainer.early_stopping.patience={patience} must be >= 1 or null "
+                          f"(off)")
+    if trainer.early_stopping.min_delta < 0:
+        raise ConfigError("trainer.early_stopping.min_delta must be >= 0")
+    if trainer.log_every_n_steps < 1:
+        raise ConfigError(f"trainer.log_every_n_steps={trainer.log_every_n_steps} must be >= 1")
+
+
+def _validate_evaluation(evaluate) -> None:
+    window = evaluate.sliding_window
+    for key in ("size", "stride"):
+        value = window[key]
+        if value is not None and (len(value) != 2 or min(value) <= 0):
+            raise ConfigError(f"evaluate.sliding_window.{key}={list(value)} must be [height, "
+                              f"width], both positive")
+    if window.size is not None and any(v % 32 for v in window.size):
+        raise ConfigError(f"evaluate.sliding_window.size={list(window.size)} must be multiples "
+                          f"of 32 (the encoder's output stride)")
+    if window.stride is not None and window.size is None:
+        raise ConfigError("evaluate.sliding_window.stride needs evaluate.sliding_window.size")
+    if window.stride is not None and any(s > z for s, z in zip(window.stride, window.size)):
+        raise ConfigError(f"evaluate.sliding_window.stride={list(window.stride)} is larger than "
+                          f"the size {list(window.size)}: pixels between windows would get no "
+                          f"prediction")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks what the types alone cannot; raises ConfigError naming the key."""
     from omegaconf import OmegaConf
@@ -304,8 +444,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"no {group} is chosen (was it removed with ~{group}?): pick one "
                               f"with {group}=<option>")
     refuse_unknown_keys(cfg)
+    from .targets import validate_targets
+
+    validate_targets(cfg)  # model.arch xor model._target_, dataset.format xor dataset._target_
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
+        if value is None and key in BUILT_BY_TARGET:
+            continue  # a `_target_` builds it (checked just above)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
     device = cfg.trainer.device
@@ -329,6 +474,9 @@ def validate(cfg: DictConfig) -> None:
                               f"(the encoder's output stride)")
     _validate_schedule(cfg.scheduler)
     _validate_precision(cfg.trainer)
+    _validate_loss(cfg.loss, len(cfg.dataset.class_names))
+    _validate_training_extras(cfg.trainer)
+    _validate_evaluation(cfg.evaluate)
     if cfg.model.arch in NEEDS_TWO_SAMPLES and cfg.trainer.batch_size < 2:
         raise ConfigError(f"model.arch={cfg.model.arch} normalises pooled features over the batch "
                           f"and needs trainer.batch_size >= 2 (per device); got "
@@ -350,6 +498,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.dataset.representation == "precomputed" and not cfg.dataset.event_channels:
         raise ConfigError("dataset.representation=precomputed needs dataset.event_channels "
                           "(the channel count of the stored event tensors)")
+    if not cfg.dataset.time_surface.tau_ms > 0:
+        raise ConfigError(f"dataset.time_surface.tau_ms={cfg.dataset.time_surface.tau_ms} must "
+                          f"be positive (the time surface's decay constant in milliseconds)")
     if cfg.dataset.format == "ddd17" and cfg.dataset.representation != "precomputed":
         raise ConfigError("DDD17 ships precomputed 6-channel event tensors, not raw events: use "
                           "dataset.representation=precomputed")

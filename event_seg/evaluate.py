@@ -172,6 +172,10 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
                             f"({str(e).splitlines()[0][:200]}); the overrides changed the "
                             f"input channels or classes?") from None
 
+    if cfg.loss.class_weights == "auto":
+        # The weights the run counted on its train split (kept in its folder): val/test loss
+        # then means what it meant in training.
+        cfg.loss.class_weights = run_class_weights(checkpoint)
     epoch = int(state.get("epoch", 0))
     trial = Trial(name=f"{cfg.run_name}_eval_{split}", timestamp=str(cfg.trial_timestamp),
                   run_dir=out)
@@ -186,11 +190,19 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     exit_code = 1
     try:
         trainer = Trainer(cfg, model, data, loggers=loggers, trial=trial, full_config=resolved)
+        if trainer.ema is not None:
+            # The EMA weights are what validation, the best checkpoint and the test scored.
+            trainer.ema.model.load_state_dict(state["ema_model"])
+            log.info("Scoring the EMA of the weights (trainer.ema.decay=%s)", trainer.ema.decay)
+        if not trainer.test_predictor.plain:
+            log.info("Prediction: %s", trainer.test_predictor.describe())
         log.info("Evaluating %s (epoch %d) on %s/%s: %s", checkpoint, epoch, data.info.name,
                  split, f"{planned} samples" if planned == split_size else
                  f"{planned} of {split_size} samples (trainer.limit_batches={limit})")
         with trainer.stop:
-            metrics = trainer.evaluate(data.loaders[split], split, epoch)
+            metrics = trainer.evaluate(data.loaders[split], split, epoch,
+                                       predictor=trainer.test_predictor)
+        trainer._log_confusion(split, epoch)
         scored = getattr(trainer, "scored_samples", None)
         scored = planned if scored is None else int(scored)
         loggers.log_config(resolved, {"checkpoint": str(checkpoint), "split": split,
@@ -224,6 +236,18 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
         print(f"scored {scored} of {split_size} samples (trainer.limit_batches={limit})")
     print(f"wrote {out / 'metrics.json'} and {len(panels.written)} panel(s) in {panels.folder}")
     return result
+
+
+def run_class_weights(checkpoint: Path):
+    """``loss.class_weights=auto``: the weights the run saved in its folder (the checkpoint's
+    parent or grandparent), or None (an unweighted loss, with a warning)."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        saved = folder / "class_weights.json"
+        if saved.is_file():
+            return [float(w) for w in json.loads(saved.read_text())["weights"]]
+    log.warning("loss.class_weights=auto, but no class_weights.json beside %s: the loss is "
+                "reported unweighted (the IoU scores do not depend on it)", checkpoint)
+    return None
 
 
 def main(argv=None) -> int:

@@ -88,7 +88,8 @@ def run(cfg: DictConfig) -> float:
     # Loggers start after the resume point is known, so they can drop the epochs to be redone.
     # Only rank 0 logs: the others get an empty group, which renders and sends nothing.
     loggers = BackgroundLogging(build_loggers(resolved["logger"] if ctx.is_main else {}, trial,
-                                              start_epoch=trainer.start_epoch),
+                                              start_epoch=trainer.start_epoch,
+                                              start_step=trainer.global_step),
                                 render=panel_renderer(data.info))
     trainer.loggers = loggers
     meta = {

@@ -24,13 +24,19 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
 
 
 def event_frame(events: np.ndarray, representation: str) -> np.ndarray:
-    """Net polarity per pixel on white: positive events red, negative blue, strength by count."""
+    """Net polarity per pixel on white: positive events red, negative blue, strength by count
+    (the time surface: the more recent polarity, strength by its recency)."""
     events = np.asarray(events, np.float32)
     if representation == "histogram":
         net = events[1] - events[0]
-    else:  # voxel grid: the sum over time bins is the signed event count (up to normalisation)
-        net = events.sum(axis=0)
-    scale = np.percentile(np.abs(net[net != 0]), 99) if np.any(net) else 1.0
+    elif representation == "time_surface":  # (negative, positive) decays in [0, 1]
+        net = np.where(events[1] >= events[0], events[1], -events[0])
+    else:  # voxel grid, MDES: the sum over channels is a signed event count (MDES: weighted
+        net = events.sum(axis=0)  # by recency, a recent event counts in more channels)
+    if representation == "time_surface":
+        scale = 1.0  # an absolute scale: 1 is an event at the window's end
+    else:
+        scale = np.percentile(np.abs(net[net != 0]), 99) if np.any(net) else 1.0
     strength = np.clip(np.abs(net) / max(scale, 1e-6), 0, 1)[..., None]
     color = np.where(net[..., None] > 0, POSITIVE_COLOR, NEGATIVE_COLOR)
     img = 255 * (1 - strength) + color * strength
@@ -142,3 +148,50 @@ def panel_renderer(info):
                              info.ignore_index, info.representation)
 
     return render
+
+
+def confusion_image(confusion: np.ndarray, class_names: Sequence[str], title: str = "",
+                    cell: int = 36) -> np.ndarray:
+    """A row-normalised confusion matrix as an RGB picture: rows are the true classes, columns
+    the predicted ones, each cell shaded and labelled by the share of its row's pixels (in %),
+    class names on both axes. A class without labelled pixels has an empty row (shown as '-')."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    n = len(class_names)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    font = ImageFont.load_default(size=max(10, cell // 3))
+    label_w = int(max(font.getlength(str(c)) for c in class_names)) + 12
+    top = label_w + (20 if title else 4)
+    left = label_w + 22  # + the "true" axis caption
+    img = Image.new("RGB", (left + n * cell + 6, top + n * cell + 24), "white")
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((4, 2), title, fill="black", font=font)
+    for i in range(n):
+        for j in range(n):
+            v = share[i, j]
+            shade = int(255 - 200 * v)  # white (0%) to dark blue (100%)
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1],
+                           fill=(shade, shade, 255) if rows[i, 0] > 0 else (235, 235, 235),
+                           outline=(200, 200, 200))
+            text = "-" if rows[i, 0] == 0 else f"{100 * v:.0f}"
+            colour = "white" if v > 0.6 else "black"
+            draw.text((x0 + cell / 2, y0 + cell / 2), text, fill=colour, font=font, anchor="mm")
+        draw.text((left - 4, top + i * cell + cell / 2), str(class_names[i]), fill="black",
+                  font=font, anchor="rm")
+    # Column names, written horizontally on a strip and turned upright.
+    strip = Image.new("RGB", (label_w, n * cell), "white")
+    sdraw = ImageDraw.Draw(strip)
+    for j in range(n):
+        sdraw.text((4, j * cell + cell / 2), str(class_names[j]), fill="black", font=font,
+                   anchor="lm")
+    img.paste(strip.rotate(90, expand=True), (left, top - label_w))
+    draw.text((left + n * cell / 2, top + n * cell + 12), "predicted", fill="black", font=font,
+              anchor="mm")
+    side = Image.new("RGB", (n * cell, 16), "white")
+    ImageDraw.Draw(side).text((n * cell / 2, 8), "true", fill="black", font=font, anchor="mm")
+    img.paste(side.rotate(90, expand=True), (2, top))
+    return np.asarray(img)

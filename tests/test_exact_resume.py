@@ -14,9 +14,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # Three epochs of three batches, two persistent workers and every augmentation on: the places
-# where state could leak from one epoch into the next.
+# where state could leak from one epoch into the next. Gradients accumulate over two batches
+# (a partial last group each epoch) and an EMA of the weights is kept: both resume exactly too.
 RUN = ["debug=smoke", "trainer.epochs=3", "trainer.limit_batches=3", "trainer.num_workers=2",
-       "augment=strong", "logger=tensorboard", "trainer.inference.enabled=false"]
+       "augment=strong", "logger=tensorboard", "trainer.inference.enabled=false",
+       "trainer.accumulate_grad_batches=2", "trainer.ema.decay=0.9"]
 
 
 def train(out: Path, cache: Path, timestamp: str, crash_at: str = ""):
@@ -58,6 +60,9 @@ def test_sigkilled_three_times_then_resumed_is_bit_identical(tmp_path, cache):
     assert metrics == ref_metrics
     for name, ref in ref_last["model"].items():
         assert torch.equal(last["model"][name], ref), name
+    for name, ref in ref_last["ema_model"].items():
+        assert torch.equal(last["ema_model"][name], ref), name
+    assert last["ema"] == ref_last["ema"]
     assert last["epoch"] == 3 and last["global_step"] == ref_last["global_step"]
     assert best["epoch"] == ref_best["epoch"]
     for name, ref in ref_best["model"].items():

@@ -33,7 +33,10 @@ class DatasetInfo:
     input_channels: int
     root: str
     skipped_frames: Dict[str, int] = field(default_factory=dict)
-    time_unit: Optional[str] = None  # unit of the raw event timestamps, where detected
+    time_unit: Optional[str] = None  # unit of the raw event timestamps (the reader's), if known
+    time_surface_tau_ms: Optional[float] = None  # representation=time_surface: its decay, in ms
+    height: Optional[int] = None  # the frame size every sample has after the transform
+    width: Optional[int] = None
 
     @property
     def num_classes(self) -> int:
@@ -60,7 +63,12 @@ def input_channels(modality: str, events: int) -> int:
 
 
 def split_dataset(dataset_cfg, split: str, split_dir: Path, transform):
-    """The reader for ``dataset.format``: returns (dataset, frames skipped while indexing)."""
+    """The reader for ``dataset.format`` (or your own, ``dataset._target_``): returns (dataset,
+    frames skipped while indexing)."""
+    if dataset_cfg.get("_target_"):
+        from .custom import build_reader
+
+        return build_reader(dataset_cfg, split, split_dir, transform)
     if dataset_cfg.format == "dsec_semantic":
         from .dsec import DsecSemanticDataset
         from .dsec import index_split as index_dsec
@@ -132,19 +140,31 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             translate=aug.translate, photometric_p=aug.photometric_p)
         datasets[split], n_skipped = split_dataset(dataset_cfg, split, root / folder, transform)
         datasets[split].num_classes = len(dataset_cfg.class_names)
-        if dataset_cfg.representation_cache:
+        if dataset_cfg.get("_target_"):
+            from .custom import checked
+
+            # Your own reader's samples are checked one by one (custom.py). The prepared cache
+            # is not used for it: its key holds the built-in formats' settings, not a reader's.
+            datasets[split] = checked(datasets[split], dataset_cfg, event_channels(dataset_cfg))
+        elif dataset_cfg.representation_cache:
             datasets[split].cache = open_packed_split(dataset_cfg, root, cache_dir, split)
         if dataset_cfg.skip_corrupt:
             datasets[split] = SkipCorrupt(datasets[split])
         skipped[split] = n_skipped
         if n_skipped:
             log.info("%s: skipped %d frames without an events file", split, n_skipped)
-    time_unit = None
-    if dataset_cfg.format == "event_scapes" and "train" in datasets:
-        from .event_scapes import sniff_time_unit
-
-        time_unit = sniff_time_unit(datasets["train"].frames)
-        log.info("Event timestamps are in %s (detected from the first window)", time_unit)
+    # Each reader reports the unit of its raw stamps (DSEC documents microseconds, EventScape's
+    # is detected). Only the time surface needs it: the device converts tau_ms to that unit
+    # once (events.tau_in_ticks) instead of every event being rescaled.
+    time_unit = getattr(next(iter(datasets.values()), None), "time_unit", None)
+    if time_unit is not None:
+        log.info("Event timestamps are in %s", time_unit)
+    elif dataset_cfg.representation == "time_surface":
+        reader = dataset_cfg.format or dataset_cfg._target_
+        raise DatasetError(f"dataset.representation=time_surface needs the unit of the event "
+                           f"timestamps, and the {reader} reader could not tell it (EventScape's "
+                           f"is detected from events/data/timestamps.txt and the first windows' "
+                           f"events; a reader of your own sets its time_unit attribute)")
     info = DatasetInfo(
         name=dataset_cfg.name,
         class_names=list(dataset_cfg.class_names),
@@ -159,6 +179,9 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
         root=str(root),
         skipped_frames=skipped,
         time_unit=time_unit,
+        time_surface_tau_ms=dataset_cfg.time_surface.tau_ms,
+        height=dataset_cfg.height,
+        width=dataset_cfg.width,
     )
     workers = trainer_cfg.num_workers
     loaders = {}

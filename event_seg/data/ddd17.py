@@ -95,6 +95,10 @@ class DDD17Dataset(CompactReader):
     def sources(self, index: int) -> list:
         return list(self.frames[index])
 
+    def read_mask(self, index: int) -> np.ndarray:
+        label = self.frames[index][1]
+        return self.class_mask(read_label(label), label)
+
     def read(self, index: int) -> dict:
         image, label, events = self.frames[index]
         rgb = read_gray_as_rgb(image)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .events import events_to_tensor_batch
+from .events import events_to_tensor_batch, tau_in_ticks
 
 @dataclass
 class DeviceBatch:
@@ -49,6 +49,10 @@ class ModelInputBuilder:
         self.channels_last = channels_last
         self.deterministic = deterministic
         self.pad_to = pad_to
+        # Event stamps arrive in the dataset's own tick (info.time_unit); the time surface's
+        # decay constant is converted to it once here, not every event to seconds per batch.
+        self.tau = (tau_in_ticks(info.time_surface_tau_ms, info.time_unit)
+                    if info.representation == "time_surface" else None)
 
     @torch.no_grad()
     def __call__(self, batch: dict, pad: bool = False) -> DeviceBatch:
@@ -93,7 +97,7 @@ class ModelInputBuilder:
                           output_size=moved["events_x"].shape[0])}
             events = events_to_tensor_batch(packed, size, info.representation, info.num_bins,
                                             height, width, normalize=self.normalize_events,
-                                            deterministic=self.deterministic)
+                                            deterministic=self.deterministic, tau=self.tau)
         else:
             events = torch.zeros(size, info.event_channels, height, width, device=self.device)
         if "dense" in moved:

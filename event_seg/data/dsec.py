@@ -102,6 +102,8 @@ def window_indices(t: np.ndarray, ms_to_idx: np.ndarray, t_end: int, duration_us
 
 
 class DsecSemanticDataset(RawEventsDataset):
+    time_unit = "us"  # events.h5 `t`, as the DSEC format documents it
+
     def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
                  label_map, ignore_index: int, duration_ms: Optional[float],
                  num_events: Optional[int], rectify: bool, transform=None):
@@ -192,6 +194,10 @@ class DsecSemanticDataset(RawEventsDataset):
         if not inside.all():
             events = {k: v[inside] for k, v in events.items()}
         return events
+
+    def read_mask(self, index: int) -> np.ndarray:
+        frame = self.frames[index]
+        return self.class_mask(read_label(frame.label), frame.label)
 
     def read(self, index: int) -> dict:
         frame = self.frames[index]

@@ -10,8 +10,9 @@
 Modalities are paired by the frame index in the file names. Frames without an events file (the
 first of each sequence in the release) are skipped and counted. A sample carries the
 window's raw events from the ``.npz`` (x, y, t, p) in compact dtypes; the representation is
-built on the training device. The time unit does not matter for the voxel grid, which
-normalises time over each window.
+built on the training device. The voxel grid, the histogram and the MDES need no time unit;
+the time surface does, and the release does not document it, so the reader detects it
+(``EventScapesDataset.time_unit``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import DatasetError  # noqa: F401  (re-exported)
+from .events import SECONDS_PER_TICK
 from .sample import RawEventsDataset
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ def index_split(split_dir: Path) -> tuple[list[FrameFiles], int]:
     return frames, skipped
 
 
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+TIME_UNITS = SECONDS_PER_TICK  # the units a detection may find
 
 
 def detect_time_unit(tick_span: float, window_seconds: float) -> Optional[str]:
@@ -85,8 +87,8 @@ def detect_time_unit(tick_span: float, window_seconds: float) -> Optional[str]:
 
 def sniff_time_unit(frames: List[FrameFiles]) -> Optional[str]:
     """Detects the unit of ``t`` on the first frame: its events' span against the spacing of
-    ``events/data/timestamps.txt`` (seconds). Informational: the voxel grid and the histogram do
-    not depend on the unit."""
+    ``events/data/timestamps.txt`` (seconds). The time surface converts its decay constant to
+    it; the other representations do not depend on it."""
     for f in frames[:5]:
         stamps_file = f.events.parent / "timestamps.txt"
         if not stamps_file.is_file():
@@ -148,6 +150,14 @@ class EventScapesDataset(RawEventsDataset):
     stamps or a file without x, y, t, p are a ``DatasetError`` naming the file.
     """
 
+    @property
+    def time_unit(self) -> Optional[str]:
+        """The unit of ``t`` (see RawEventsDataset.time_unit), detected once from this split's
+        first windows: the release does not document it."""
+        if not hasattr(self, "_time_unit"):
+            self._time_unit = sniff_time_unit(self.frames)
+        return self._time_unit
+
     def sources(self, index: int) -> list:
         f = self.frames[index]
         return [f.rgb, f.label, f.events]
@@ -161,6 +171,10 @@ class EventScapesDataset(RawEventsDataset):
             raise DatasetError(f"label {f.label} is {tags.shape}, its RGB frame {height}x{width}")
         events = self.window_events(index, (height, width))
         return {"rgb": rgb, "mask": self.class_mask(tags, f.label), "events": events, "id": f.id}
+
+    def read_mask(self, index: int) -> np.ndarray:
+        f = self.frames[index]
+        return self.class_mask(read_label(f.label), f.label)
 
     def window_events(self, index: int, shape) -> dict:
         from .events import compact_events

@@ -1,14 +1,18 @@
 """Event representations: pure, vectorised functions (numpy in, numpy out; torch tensors accepted).
 
 Events are four equally long arrays: ``x`` (column), ``y`` (row), ``t`` (timestamp, any unit) and
-``p`` (polarity as 0/1, bool or -1/+1).
+``p`` (polarity as 0/1, bool or -1/+1). The time surface and the mixed-density event stack live
+in recency.py; the dispatchers below (``events_to_tensor``, ``events_to_tensor_batch``) cover all.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-REPRESENTATIONS = ("voxel_grid", "histogram")
+REPRESENTATIONS = ("voxel_grid", "histogram", "time_surface", "mdes")
+
+# Seconds per tick of each time unit a reader may report (see tau_in_ticks).
+SECONDS_PER_TICK = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
 def _as_numpy(a) -> np.ndarray:
@@ -114,17 +118,39 @@ def histogram(x, y, p, height: int, width: int) -> np.ndarray:
 
 
 def representation_channels(representation: str, num_bins: int) -> int:
-    if representation == "voxel_grid":
+    if representation in ("voxel_grid", "mdes"):
         return num_bins
-    if representation == "histogram":
+    if representation in ("histogram", "time_surface"):  # one channel per polarity
         return 2
     raise ValueError(f"unknown event representation {representation!r}; "
                      f"choose one of {', '.join(REPRESENTATIONS)}")
 
 
+def tau_in_ticks(tau_ms: float, time_unit) -> float:
+    """The time surface's decay constant in the unit of the event stamps.
+
+    Readers hand over time in their format's own tick (offsets inside the window, exact
+    integers); the voxel grid, the histogram and the MDES normalise time per window and never
+    need the unit. Only the time surface has an absolute time scale, so instead of rescaling
+    every event the constant is converted once, where the tensor is built, from the unit the
+    reader reports (``DatasetInfo.time_unit``).
+    """
+    from ..errors import ConfigError, DatasetError
+
+    if tau_ms is None or not tau_ms > 0:
+        raise ConfigError(f"dataset.time_surface.tau_ms={tau_ms} must be positive")
+    if time_unit not in SECONDS_PER_TICK:
+        raise DatasetError(f"dataset.representation=time_surface needs the unit of the event "
+                           f"timestamps, and the reader reports {time_unit!r} (known: "
+                           f"{', '.join(SECONDS_PER_TICK)})")
+    return float(tau_ms) * 1e-3 / SECONDS_PER_TICK[time_unit]
+
+
 def events_to_tensor(events: dict, representation: str, num_bins: int, height: int, width: int,
-                     normalize: bool = False) -> np.ndarray:
-    """Builds the configured representation from an ``{x, y, t, p}`` mapping."""
+                     normalize: bool = False, tau=None) -> np.ndarray:
+    """Builds the configured representation from an ``{x, y, t, p}`` mapping. ``tau`` (the
+    time surface's decay constant, in the unit of ``t``: see :func:`tau_in_ticks`) is needed
+    by ``time_surface`` alone."""
     if representation == "voxel_grid":
         return voxel_grid(events["x"], events["y"], events["t"], events["p"], num_bins,
                           height, width, normalize=normalize)
@@ -132,6 +158,18 @@ def events_to_tensor(events: dict, representation: str, num_bins: int, height: i
         grid = histogram(events["x"], events["y"], events["p"], height, width)
         # Counts are unbounded; log1p keeps busy pixels from dominating the input scale.
         return np.log1p(grid) if normalize else grid
+    if representation == "time_surface":
+        from .recency import time_surface
+
+        # Already in [0, 1] with 0 meaning "no event": ``normalize`` leaves it as it is
+        # (standardising would make old events negative and empty pixels mid-range).
+        return time_surface(events["x"], events["y"], events["t"], events["p"], tau,
+                            height, width)
+    if representation == "mdes":
+        from .recency import mdes
+
+        return mdes(events["x"], events["y"], events["t"], events["p"], num_bins, height,
+                    width, normalize=normalize)
     representation_channels(representation, num_bins)  # raises the readable error
     raise AssertionError("unreachable")
 
@@ -344,9 +382,9 @@ def histogram_batch(x, y, p, batch_index, batch_size: int, height: int, width: i
 
 def events_to_tensor_batch(events: dict, batch_size: int, representation: str, num_bins: int,
                            height: int, width: int, normalize: bool = False,
-                           deterministic: bool = False):
+                           deterministic: bool = False, tau=None):
     """The configured representation of a packed batch (``x``, ``y``, ``t``, ``p``,
-    ``batch_index``), as :func:`events_to_tensor` builds it per sample."""
+    ``batch_index``), as :func:`events_to_tensor` builds it per sample (``tau`` likewise)."""
     import torch
 
     x, y, p, b = events["x"], events["y"], events["p"], events["batch_index"]
@@ -356,5 +394,16 @@ def events_to_tensor_batch(events: dict, batch_size: int, representation: str, n
     if representation == "histogram":
         grid = histogram_batch(x, y, p, b, batch_size, height, width)
         return torch.log1p(grid) if normalize else grid
+    if representation == "time_surface":
+        from .recency import time_surface_batch
+
+        # In [0, 1] already: ``normalize`` leaves it as it is (see events_to_tensor).
+        return time_surface_batch(x, y, events["t"], p, b, batch_size, tau, height, width)
+    if representation == "mdes":
+        from .recency import mdes_batch
+
+        # Integer sums: deterministic without the fixed-point path.
+        return mdes_batch(x, y, events["t"], p, b, batch_size, num_bins, height, width,
+                          normalize=normalize)
     representation_channels(representation, num_bins)  # raises the readable error
     raise AssertionError("unreachable")

@@ -11,7 +11,8 @@ modification time, taken before reading; paths relative to the dataset root).
 Training maps the shards into memory and serves a sample from them only when every one of its
 source files still has the recorded identity; a replaced or touched file is read raw again, so
 nothing stale is ever served. The folder is keyed by every setting that shapes what is stored
-(format, root, label mapping, representation, bins, normalisation, window settings); other
+(format, root, label mapping, representation, bins, normalisation, the time surface's decay
+constant, window settings); other
 settings simply find no cache. A split is written into a temporary folder and renamed into
 place whole, so a reader never sees half a cache.
 """
@@ -56,6 +57,10 @@ def cache_params(dataset_cfg, root: Path) -> dict:
                       rectify=dsec.rectify, classes=dsec.classes)
     if dataset_cfg.format == "ddd17":
         params["event_channels"] = dataset_cfg.event_channels
+    if dataset_cfg.representation == "time_surface":
+        # A dense entry holds the surface for this tau: another tau must not find it. Only
+        # here, so that caches of the other representations keep their folder.
+        params["tau_ms"] = float(dataset_cfg.time_surface.tau_ms)
     return params
 
 
@@ -105,7 +110,12 @@ class PackedCache:
         writer = _ShardWriter(tmp)
         entries = {}
         counts = {"samples": 0, "raw_events": 0, "dense_events": 0, "skipped": 0}
-        loader = DataLoader(_StoredForms(reader, self.root, skip_corrupt), batch_size=None,
+        tau = None
+        if "tau_ms" in self.params:  # the surface in the unit of the reader's stamps
+            from .events import tau_in_ticks
+
+            tau = tau_in_ticks(self.params["tau_ms"], reader.time_unit)
+        loader = DataLoader(_StoredForms(reader, self.root, skip_corrupt, tau), batch_size=None,
                             shuffle=False, num_workers=num_workers, collate_fn=_as_is)
         try:
             for sources, stored in tqdm(loader, total=len(reader), desc=f"prepare {split}",
@@ -190,10 +200,11 @@ class _StoredForms:
     """``[i] -> (source identities, what the cache stores for sample i)``, run in loader
     workers so that decoding and binning happen in parallel."""
 
-    def __init__(self, reader, root: Path, skip_corrupt: bool = False):
+    def __init__(self, reader, root: Path, skip_corrupt: bool = False, tau=None):
         self.reader = reader
         self.root = root
         self.skip_corrupt = skip_corrupt
+        self.tau = tau  # the time surface's decay constant in the stamps' unit
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -225,7 +236,8 @@ class _StoredForms:
                 from .events import events_to_tensor
 
                 tensor = events_to_tensor(events, reader.representation, reader.num_bins,
-                                          height, width, normalize=reader.normalize_events)
+                                          height, width, normalize=reader.normalize_events,
+                                          tau=self.tau)
                 arrays["dense"], kind = tensor.astype(np.float16), "dense_events"
             else:
                 arrays.update({f"events_{k}": events[k] for k in EVENT_FIELDS})

@@ -82,6 +82,11 @@ class CompactReader:
         """The compact events of sample ``index`` alone (see events.compact_events)."""
         raise NotImplementedError
 
+    def read_mask(self, index: int) -> np.ndarray:
+        """The un-augmented class mask of sample ``index`` (class_weights=auto counts these).
+        Readers whose labels are files of their own override it to read the label alone."""
+        return self.read(index)["mask"]
+
     num_classes = None  # set by build.split_dataset: class ids of the mask are checked against it
 
     def class_mask(self, tags: np.ndarray, source) -> np.ndarray:
@@ -111,6 +116,12 @@ class RawEventsDataset(CompactReader):
 
     dense_from_events = True
 
+    # The unit of the raw stamps ("us", "ns", ... : events.SECONDS_PER_TICK), None if unknown.
+    # Events keep the format's own tick (exact integer offsets); the time surface converts its
+    # decay constant to this unit instead (events.tau_in_ticks). A format that documents its
+    # unit sets it here; one that does not detects it (EventScapesDataset).
+    time_unit = None
+
     def __init__(self, frames, representation: str, num_bins: int, normalize_events: bool,
                  label_map, ignore_index: int, transform=None):
         super().__init__(frames, label_map, ignore_index, transform)
@@ -139,6 +150,10 @@ class SkipCorrupt:
     def frames(self):
         return getattr(self.dataset, "frames", None)
 
+    @property
+    def time_unit(self):
+        return getattr(self.dataset, "time_unit", None)
+
     def __getitem__(self, index: int) -> dict:
         import logging
 
@@ -159,13 +174,14 @@ class SkipCorrupt:
 
 
 def sample_event_tensor(sample: dict, representation: str, num_bins: int,
-                        normalize: bool = False) -> np.ndarray:
+                        normalize: bool = False, tau=None) -> np.ndarray:
     """The event tensor ``[C, H, W]`` (float32) of one compact sample, built with the numpy
-    reference functions: what the device builds for it in a batch (notebooks, tests)."""
+    reference functions: what the device builds for it in a batch (notebooks, tests). ``tau``:
+    the time surface's decay constant in the unit of the stamps (events.tau_in_ticks)."""
     if "dense" in sample:
         return np.asarray(sample["dense"], dtype=np.float32)
     from .events import events_to_tensor
 
     height, width = sample["mask"].shape
     return events_to_tensor(sample["events"], representation, num_bins, height, width,
-                            normalize=normalize)
+                            normalize=normalize, tau=tau)

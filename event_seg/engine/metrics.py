@@ -16,6 +16,7 @@ class SegmentationMetrics:
         from torchmetrics.classification import MulticlassConfusionMatrix
 
         self.class_names = class_names
+        self.last_confusion = None  # set by compute(): the (reduced) matrix, for images
         # Summed over DDP ranks by the caller (compute's reduce): torchmetrics' own sync would
         # be a collective that ranks with uneven shares must reach in step.
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
@@ -36,6 +37,7 @@ class SegmentationMetrics:
         if reduce is not None:
             cm = reduce(cm)
         cm = cm.double()
+        self.last_confusion = cm.cpu().numpy()  # rows: target, columns: prediction
         tp = cm.diag()
         target_count = cm.sum(dim=1)
         union = target_count + cm.sum(dim=0) - tp

@@ -29,6 +29,9 @@ MAY_DIFFER = (
     "dataset.root", "dataset.representation_cache",
     # Only the first start reads pretrained weights; a resume takes every weight from last.pt.
     "model.encoder_weights",
+    # How the final test predicts (TTA, sliding window) does not change the weights trained;
+    # when to stop early is, like trainer.epochs, a question of how long.
+    "evaluate", "trainer.early_stopping",
 )
 SHOWN = 6  # differences listed in the one-line refusal
 
@@ -55,14 +58,30 @@ def changed_settings(saved: dict, now: dict) -> List[str]:
     """``key (before -> now)`` for each setting that changes what is trained."""
     before, after = flatten(saved), flatten(now)
     missing = object()
+    defaults = schema_defaults()
     diffs = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key, missing), after.get(key, missing)
         if _may_differ(key) or old == new:
             continue
+        if old is missing and key in defaults and defaults[key] == new:
+            # A setting added after the checkpoint was written, at the default that behaves as
+            # the code that wrote it did (loss.name=ce, accumulate_grad_batches=1, ...).
+            continue
         show = ["(unset)" if v is missing else v for v in (old, new)]
         diffs.append(f"{key} ({show[0]} -> {show[1]})")
     return diffs
+
+
+def schema_defaults() -> Dict[str, Any]:
+    """Every key the schemas give a default, flattened (``loss.name`` -> ``ce``)."""
+    from omegaconf import OmegaConf
+
+    from ..config import EvaluateConfig, LossConfig, TimeSurfaceConfig, TrainerConfig
+
+    tree = {"trainer": TrainerConfig, "loss": LossConfig, "evaluate": EvaluateConfig,
+            "dataset.time_surface": TimeSurfaceConfig}
+    return flatten({k: OmegaConf.to_container(OmegaConf.structured(v)) for k, v in tree.items()})
 
 
 def check_same_experiment(saved: dict, now: dict, source: Path, way_out: str) -> None:

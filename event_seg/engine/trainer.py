@@ -26,8 +26,11 @@ from ..data.device_input import ModelInputBuilder
 from .checkpoint import (link_checkpoint, load_checkpoint, remove_stale_temp_files,
                          restore_rng_state, rng_state, save_checkpoint)
 from .crash import crash_point
+from .inference import Predictor, build_predictor
 from .metrics import SegmentationMetrics
 from .preemption import StopRequest
+from .ema import WeightEMA
+from .losses import auto_class_weights, build_loss
 from .schedule import build_optimizer, build_scheduler
 from .trial import write_text_atomic
 from ..distributed import Context
@@ -83,8 +86,12 @@ class Trainer:
         if cfg.trainer.compile:
             self.train_model = torch.compile(self.train_model)
         # No train loader: an evaluation-only trainer (event-seg-evaluate).
-        self.steps_per_epoch = (_limited_len(data.loaders["train"], cfg.trainer.limit_batches)
-                                if "train" in data.loaders else 1)
+        self.batches_per_epoch = (_limited_len(data.loaders["train"], cfg.trainer.limit_batches)
+                                  if "train" in data.loaders else 1)
+        # Gradients of `accumulate` batches are summed before each optimizer step; the schedule
+        # counts optimizer steps (a partial last group is a step too).
+        self.accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)
         # The dense input is built on the device; every batch it sees has the loader's batch size
         # (a smaller last evaluation batch is padded on a GPU: one shape, tuned once).
         self.inputs = ModelInputBuilder(
@@ -95,11 +102,23 @@ class Trainer:
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.steps_per_epoch,
                                          cfg.trainer.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.criterion = nn.CrossEntropyLoss(ignore_index=self.info.ignore_index)
-        # Evaluation sums over pixels and divides once: the mean over all scored pixels, the
-        # same however the split is cut into batches or shared among ranks.
-        self.pixel_loss_sum = nn.CrossEntropyLoss(ignore_index=self.info.ignore_index,
-                                                  reduction="sum")
+        self.class_weights = self._class_weights()
+        self.criterion = build_loss(cfg.loss, self.info.num_classes, self.info.ignore_index,
+                                    self.class_weights).to(self.device)
+        decay = cfg.trainer.ema.decay
+        self.ema = WeightEMA(self.model, decay) if decay is not None else None
+        # Evaluation: plain prediction for validation unless evaluate.in_validation; the
+        # configured TTA / sliding window for the final test and event-seg-evaluate.
+        self.test_predictor = build_predictor(cfg.evaluate, self._autocast)
+        self.val_predictor = (self.test_predictor if cfg.evaluate.in_validation
+                              else Predictor(autocast=self._autocast))
+        stopping = cfg.trainer.early_stopping
+        self.patience, self.min_delta = stopping.patience, float(stopping.min_delta)
+        self.stale_epochs = 0  # epochs since val_mean_iou last beat the best by min_delta
+        self.pending_batches = 0  # backward passes summed since the last optimizer step
+        self.stopped_early_at: Optional[int] = None
+        self.last_confusion = None  # the last evaluation's confusion matrix (numpy), for images
+        self.best_val_scores: Dict[str, float] = {}  # val metrics of the best epoch (this process)
         self.start_epoch = 0
         self.global_step = 0
         self.best_metric = -math.inf
@@ -131,6 +150,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch started with
             train_loss = self.train_one_epoch(epoch)
             val = self.evaluate(self.data.loaders["val"], "val", epoch)
+            self._log_confusion("val", epoch)
             metrics = {"train_loss": train_loss, **val, "learning_rate": lr}
             if self.skipped_batches:
                 metrics["skipped_nonfinite_batches"] = self.skipped_batches
@@ -142,12 +162,27 @@ class Trainer:
             self.epoch_times.append(metrics["epoch_time_s"])
             self.loggers.log_metrics(metrics, epoch)
             improved = val["val_mean_iou"] > self.best_metric
+            if val["val_mean_iou"] > self.best_metric + self.min_delta:
+                self.stale_epochs = 0
+            else:
+                self.stale_epochs += 1
             if improved:
                 self.best_metric, self.best_epoch = val["val_mean_iou"], epoch
+                self.best_val_scores = dict(val)
+            stop_now = self.patience is not None and self.stale_epochs >= self.patience
+            if stop_now:
+                self.stopped_early_at = epoch
             self._save(epoch, improved)
             log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mean_iou %.4f%s  (%.1fs)",
                      epoch, t.epochs, train_loss, val["val_loss"], val["val_mean_iou"],
                      "  *best*" if improved else "", metrics["epoch_time_s"])
+            if stop_now:
+                log.info("Early stopping after epoch %d/%d: val_mean_iou has not beaten %.4f "
+                         "(epoch %d) by more than %g for %d epochs (trainer.early_stopping."
+                         "patience=%d)", epoch, t.epochs, self.best_metric, self.best_epoch,
+                         self.min_delta, self.stale_epochs, self.patience)
+                self.loggers.log_metrics({"early_stopping_epoch": epoch}, epoch)
+                break
         self._final_test()
         return self.best_metric
 
@@ -168,48 +203,61 @@ class Trainer:
         bad_loss = torch.zeros((), device=self.device)
         count = 0
         every = max(t.log_every_n_steps, 1)
-        bar = self._progress(loader, f"epoch {epoch}/{t.epochs} train", self.steps_per_epoch)
+        curve = _StepCurve(self.global_step)  # step/train_loss since the last point
+        total = self.batches_per_epoch
+        last_group = total - (total % self.accumulate or self.accumulate)  # its first batch
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending_batches = 0  # backward passes summed since the last optimizer step
+        bar = self._progress(loader, f"epoch {epoch}/{t.epochs} train", total)
         for batch_idx, batch in enumerate(bar):
-            if self._no_labelled_pixel(batch):
+            group_end = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == total
+            group = self.accumulate if batch_idx < last_group else total - last_group
+            labelled = self._has_labelled_pixel(batch)
+            if not labelled and not self.dist.enabled:
                 # Nothing to learn from (a mean over zero pixels is NaN): no loss, no step.
                 self.empty_batches += 1
                 log.warning("Skipped batch %d of epoch %d: no labelled pixel (%d such batches "
                             "so far)", batch_idx, epoch, self.empty_batches)
-                self._check_stop(epoch)
+                self._finish_group(group_end, epoch)
                 continue
             built = self.inputs(batch)
-            with self._autocast():
-                logits = self.train_model(built.inputs)
-                loss = self._loss(logits, built.target)
-            if self.defer_nonfinite_check:
-                # GPU, nonfinite=stop: note the first bad batch on the device and look every
-                # log_every_n_steps steps, so the step itself never waits for the host.
-                bad_batch, bad_loss = _note_first_nonfinite(loss, batch_idx, bad_batch, bad_loss)
-            elif self._any_nonfinite(loss):
-                # One host sync per step: the price of skipping exactly the bad batch. Under DDP
-                # the ranks agree first, or one rank skipping a batch would hang the others.
-                self._nonfinite(epoch, batch_idx, float(loss.detach()))
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if t.grad_clip_norm:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.global_step += 1
-            self.scheduler.apply(self.global_step)  # the rate of the next step
-            self._check_stop(epoch)  # a requested stop lands here, between two batches
+            # DDP all-reduces gradients in backward: only once per group, on its last batch.
+            sync = group_end or not self.dist.enabled
+            with self._no_sync(not sync):
+                with self._autocast():
+                    logits = self.train_model(built.inputs)
+                    loss = self._loss(logits, built.target, labelled)
+                if self.defer_nonfinite_check:
+                    # GPU, nonfinite=stop: note the first bad batch on the device and look every
+                    # log_every_n_steps steps, so the step itself never waits for the host.
+                    bad_batch, bad_loss = _note_first_nonfinite(loss, batch_idx, bad_batch,
+                                                                bad_loss)
+                elif self._any_nonfinite(loss):
+                    # One host sync per step: the price of skipping exactly the bad batch. Under
+                    # DDP the ranks agree first, or one rank skipping would hang the others.
+                    self._nonfinite(epoch, batch_idx, float(loss.detach()))
+                    self._finish_group(group_end, epoch, synced=False)
+                    continue
+                # The mean over the group's batches: accumulate x batch b is batch accumulate*b.
+                self.scaler.scale(loss / group if group > 1 else loss).backward()
+            self.pending_batches += 1
+            self._finish_group(group_end, epoch)
             crash_point("train", epoch, batch_idx)
             self._visualize("train", batch_idx, epoch, batch, built, logits)
             loss_sum += loss.detach()
             count += 1
             if count % every == 0:
+                # The host reads the device once here: the deferred non-finite check, the
+                # progress bar and the step curve share it.
                 if self.defer_nonfinite_check:
                     self._raise_if_nonfinite(epoch, bad_batch, bad_loss)
+                mean = curve.point(float(loss_sum), count, self.global_step)
+                lr = self.optimizer.param_groups[0]["lr"]
+                if mean is not None:
+                    self.loggers.log_step_metrics(
+                        {"step/train_loss": mean, "step/learning_rate": lr}, self.global_step)
                 if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}",
-                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    bar.set_postfix(loss=f"{float(loss_sum) / count:.4f}", lr=f"{lr:.2e}")
         if self.defer_nonfinite_check:
             self._raise_if_nonfinite(epoch, bad_batch, bad_loss)
         totals = self.dist.sum_(torch.stack([loss_sum, torch.tensor(float(count), device=self.device)]))
@@ -220,16 +268,66 @@ class Trainer:
                 f"{self._kept_checkpoint()}. Lower optimizer.lr, or check the labels")
         return float(totals[0] / totals[1])
 
+    def _finish_group(self, group_end: bool, epoch: int, synced: bool = True) -> None:
+        """At the last batch of an accumulation group: one optimizer step over the summed
+        gradients (none when every batch of the group was skipped), the schedule, the EMA."""
+        if group_end and self.pending_batches:
+            if self.dist.enabled and not synced:
+                # The group's last backward was skipped, and with it DDP's all-reduce.
+                self._average_gradients_over_ranks()
+            t = self.cfg.trainer
+            if t.grad_clip_norm:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.pending_batches = 0
+            self.global_step += 1
+            self.scheduler.apply(self.global_step)  # the rate of the next step
+            if self.ema is not None:
+                self.ema.update(self.model)
+        self._check_stop(epoch)  # a requested stop lands here, between two batches
+
+    def _average_gradients_over_ranks(self) -> None:
+        import torch.distributed as dist
+
+        for p in self.model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= self.dist.world_size
+
+    def _no_sync(self, skip_sync: bool):
+        if skip_sync and hasattr(self.train_model, "no_sync"):
+            return self.train_model.no_sync()
+        # torch.compile wraps DDP: its original module holds no_sync.
+        inner = getattr(self.train_model, "_orig_mod", None)
+        if skip_sync and hasattr(inner, "no_sync"):
+            return inner.no_sync()
+        return nullcontext()
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation, the best checkpoint and the test score: the EMA when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
     @torch.no_grad()
-    def evaluate(self, loader, prefix: str, epoch: int, visualize: bool = True) -> Dict[str, float]:
+    def evaluate(self, loader, prefix: str, epoch: int, visualize: bool = True,
+                 predictor: Optional[Predictor] = None) -> Dict[str, float]:
         """Loss and segmentation metrics over ``loader``, named ``<prefix>_...``.
 
-        Sets ``scored_samples``: the samples scored, over all ranks (``limit_batches`` may cut
-        the split short).
+        The loss is the training objective, weighted by each batch's labelled pixels (for
+        cross-entropy: the mean over every scored pixel, however the split is cut into batches
+        or shared among ranks). Sets ``scored_samples``: the samples scored, over all ranks
+        (``limit_batches`` may cut the split short), and ``last_confusion``.
         """
         t = self.cfg.trainer
+        model = self.eval_model
+        predictor = predictor or (self.test_predictor if prefix == "test" else self.val_predictor)
         self.model.eval()
-        self.dist.broadcast_buffers(self.model)  # every rank scores rank 0's (saved) model
+        model.eval()
+        self.dist.broadcast_buffers(model)  # every rank scores rank 0's (saved) model
         metrics = SegmentationMetrics(self.info.num_classes, self.info.ignore_index,
                                       self.info.class_names, self.device)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -246,11 +344,12 @@ class Trainer:
             if batch is not None:
                 built = self.inputs(batch, pad=True)
                 target = built.target
-                with self._autocast():
-                    logits = self.model(built.inputs)
+                logits = predictor(model, built.inputs)
                 # Padded samples (target all ignore) add nothing to the loss or the metrics.
-                loss_sum += self.pixel_loss_sum(logits.float(), target).double()
-                pixels += (target != self.info.ignore_index).sum()
+                labelled = (target != self.info.ignore_index).sum()
+                loss = self.criterion(logits, target).double() * labelled
+                loss_sum += torch.where(labelled > 0, loss, torch.zeros_like(loss))
+                pixels += labelled
                 samples += built.samples
             self._check_stop(epoch)
             if batch is None:
@@ -264,8 +363,9 @@ class Trainer:
         totals = self.dist.sum_(torch.stack([loss_sum, pixels, samples]))
         self.scored_samples = int(totals[2])
         # Summed over the ranks here, by one collective every rank reaches.
-        return {f"{prefix}_loss": float(totals[0] / totals[1].clamp(min=1)),
-                **metrics.compute(prefix, reduce=self.dist.sum_)}
+        scores = metrics.compute(prefix, reduce=self.dist.sum_)
+        self.last_confusion = metrics.last_confusion
+        return {f"{prefix}_loss": float(totals[0] / totals[1].clamp(min=1)), **scores}
 
     def _most_batches_of_any_rank(self, batches: int) -> int:
         if not self.dist.enabled:
@@ -294,20 +394,38 @@ class Trainer:
                 self.stop.signum = signum
         self.stop.check(epoch)
 
-    def _loss(self, logits, target):
-        if not self.dist.enabled:
+    def _loss(self, logits, target, labelled: bool = True):
+        if labelled:
             return self.criterion(logits, target)
-        # A rank whose batch has no labelled pixel still steps with the others (DDP needs every
-        # rank in each gradient all-reduce): its loss is 0, not the NaN of a mean over nothing.
-        labelled = (target != self.info.ignore_index).sum().clamp(min=1)
-        return self.pixel_loss_sum(logits, target) / labelled
+        # Under DDP a rank whose batch has no labelled pixel still steps with the others (every
+        # rank takes part in each gradient all-reduce): its loss is 0, with zero gradients,
+        # not the NaN of a mean over nothing.
+        return logits.float().sum() * 0.0
 
-    def _no_labelled_pixel(self, batch) -> bool:
-        """Checked on the loader's CPU mask, so no device sync. Alone only: under DDP a rank
-        with such a batch still steps with the others (its loss is zero, see _loss)."""
-        if self.dist.enabled:
-            return False
-        return not bool((batch["mask"] != self.info.ignore_index).any())
+    def _has_labelled_pixel(self, batch) -> bool:
+        """Checked on the loader's CPU mask, so no device sync."""
+        return bool((batch["mask"] != self.info.ignore_index).any())
+
+    def _class_weights(self):
+        """``loss.class_weights``: as listed, or for ``auto`` counted over the train labels once
+        per run (kept in the run folder, so a resume does not count again)."""
+        weights = self.cfg.loss.class_weights
+        if weights != "auto":
+            return None if weights is None else [float(w) for w in weights]
+        cache = self.trial.run_dir / "class_weights.json"
+        if "train" not in self.data.loaders:
+            if cache.is_file():  # event-seg-evaluate on a run folder: the run's own weights
+                import json as _json
+
+                return [float(w) for w in _json.loads(cache.read_text())["weights"]]
+            log.warning("loss.class_weights=auto but %s is missing: the loss is reported "
+                        "unweighted", cache)
+            return None
+        reader = self.data.loaders["train"].dataset.dataset
+        while not hasattr(reader, "read_mask") and hasattr(reader, "dataset"):
+            reader = reader.dataset  # under dataset.skip_corrupt's wrapper
+        return auto_class_weights(reader, self.info, cache, self.dist, device=self.device,
+                                  progress=bool(self.cfg.trainer.progress_bar))
 
     def _kept_checkpoint(self) -> str:
         if self.saved_epoch:
@@ -324,6 +442,25 @@ class Trainer:
             f"loss became {value} at epoch {epoch}, batch {batch_idx}; stopped without saving: "
             f"{self._kept_checkpoint()}. Lower optimizer.lr, or set trainer.nonfinite=skip to "
             f"skip such batches")
+
+    def _log_confusion(self, stage: str, epoch: int) -> None:
+        """The last evaluation's confusion matrix as a picture, rendered off the training
+        thread (rank 0 only holds loggers)."""
+        if self.last_confusion is None or not getattr(self.loggers, "active", False):
+            return
+        if hasattr(self.loggers, "log_confusion"):
+            self.loggers.log_confusion(stage, epoch, self.last_confusion, self.info.class_names)
+
+    def _log_class_table(self, test: Dict[str, float]) -> None:
+        """Per-class IoU of the best checkpoint on the test split (and its validation scores
+        at the best epoch) as one table in the trackers' summaries."""
+        if not getattr(self.loggers, "active", False):
+            return
+        rows = [[name, test.get(f"test_iou/{name}", float("nan")),
+                 self.best_val_scores.get(f"val_iou/{name}", float("nan"))]
+                for name in self.info.class_names]
+        self.loggers.log_table("per_class_iou", ["class", "test_iou", "val_iou (best epoch)"],
+                               rows)
 
     def _visualize(self, stage: str, batch_idx: int, epoch: int, batch: dict, built,
                    logits) -> None:
@@ -372,12 +509,16 @@ class Trainer:
             "config": self.full_config,
             "dataset_info": self.info.as_dict(),
             "trial": {"name": self.trial.name, "timestamp": self.trial.timestamp},
+            "early_stopping": {"stale_epochs": self.stale_epochs},
+            **({"ema_model": self.ema.model.state_dict(), "ema": self.ema.state_dict()}
+               if self.ema is not None else {}),
         }
 
     def _save(self, epoch: int, improved: bool) -> None:
         # One host sync for the whole model, not one per parameter tensor.
         # BatchNorm statistics too: NaN running variances make every later prediction NaN.
-        tensors = [t for t in (*self.model.parameters(), *self.model.buffers())
+        models = [self.model] + ([self.ema.model] if self.ema is not None else [])
+        tensors = [t for m in models for t in (*m.parameters(), *m.buffers())
                    if t.is_floating_point()]
         if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             raise NonFiniteLossError(
@@ -410,6 +551,8 @@ class Trainer:
             planned = (self.scheduler.load_state_dict(state["scheduler"])
                        or self._plan_of_an_older_checkpoint(state))
             self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                self.ema.load(state["ema_model"], state["ema"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this run's model or optimizer "
                                   f"({str(e).splitlines()[0]}); start a new trial") from None
@@ -417,6 +560,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state.get("best_epoch", 0))
+        self.stale_epochs = int(state.get("early_stopping", {}).get("stale_epochs", 0))
         restore_rng_state(state["rng"])
         if self.best_epoch == self.start_epoch and self.dist.is_main:
             # A kill between writing last.pt and linking best.pt leaves best.pt one best behind.
@@ -467,10 +611,21 @@ class Trainer:
         """Scores the best checkpoint on the test split and writes ``metrics.json``."""
         summary = {"best_val_mean_iou": self.best_metric, "best_epoch": self.best_epoch,
                    "epochs": self.cfg.trainer.epochs, "epoch_times_s": self.epoch_times}
+        if self.stopped_early_at is not None:
+            summary["stopped_early_at_epoch"] = self.stopped_early_at
+        if self.ema is not None:
+            summary["ema_decay"] = self.ema.decay
         loader = self.data.loaders.get("test")
         if loader is not None and self.trial.best_checkpoint.is_file():
-            self.model.load_state_dict(load_checkpoint(self.trial.best_checkpoint)["model"])
+            best = load_checkpoint(self.trial.best_checkpoint)
+            self.model.load_state_dict(best["model"])
+            if self.ema is not None:
+                self.ema.model.load_state_dict(best["ema_model"])
+            if not self.test_predictor.plain:
+                log.info("test prediction: %s", self.test_predictor.describe())
             test = self.evaluate(loader, "test", self.cfg.trainer.epochs, visualize=False)
+            self._log_confusion("test", self.cfg.trainer.epochs)
+            self._log_class_table(test)
             # best_val_mean_iou: the one number a sweep (W&B, Optuna) ranks runs by.
             self.loggers.log_metrics({**test, "best_val_mean_iou": self.best_metric},
                                      self.cfg.trainer.epochs)
@@ -485,6 +640,22 @@ class Trainer:
                      self.best_epoch, test["test_mean_iou"], test["test_pixel_accuracy"])
         if self.dist.is_main:
             write_text_atomic(self.trial.metrics_file, json.dumps(summary, indent=2, allow_nan=True))
+
+
+class _StepCurve:
+    """The points of the step curve: the mean training loss since the previous point."""
+
+    def __init__(self, step: int):
+        self.loss_sum, self.count, self.step = 0.0, 0, step
+
+    def point(self, loss_sum: float, count: int, step: int) -> Optional[float]:
+        """The mean since the last point, or None when no optimizer step happened since (a
+        point per step: with accumulation, several batches make one step)."""
+        if step == self.step or count == self.count:
+            return None
+        mean = (loss_sum - self.loss_sum) / (count - self.count)
+        self.loss_sum, self.count, self.step = loss_sum, count, step
+        return mean
 
 
 def configure_cuda_determinism(deterministic: bool) -> None:

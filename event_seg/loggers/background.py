@@ -84,6 +84,27 @@ class BackgroundLogging(Logger):
     def log_images(self, stage, batch_idx, panels, epoch) -> None:
         self._put(self.group.log_images, stage, batch_idx, panels, epoch)
 
+    def log_step_metrics(self, metrics, step) -> None:
+        self._put(self.group.log_step_metrics, dict(metrics), step)
+
+    def log_figure(self, tag, png, height, width, epoch) -> None:
+        self._put(self.group.log_figure, tag, png, height, width, epoch)
+
+    def log_table(self, name, columns, rows) -> None:
+        self._put(self.group.log_table, name, list(columns), [list(r) for r in rows])
+
+    def log_confusion(self, stage: str, epoch: int, confusion, class_names) -> None:
+        """Renders a confusion-matrix picture on the worker, then logs it."""
+        self._put(self._render_confusion, stage, epoch, confusion, list(class_names))
+
+    def _render_confusion(self, stage, epoch, confusion, class_names) -> None:
+        from ..viz import confusion_image, encode_png
+
+        image = confusion_image(confusion, class_names,
+                                f"{stage} confusion, epoch {epoch} (% of each true class)")
+        self.group.log_figure(f"{stage}/confusion_matrix", encode_png(image), image.shape[0],
+                              image.shape[1], epoch)
+
     def log_batch(self, stage: str, batch_idx: int, epoch: int, rgb: np.ndarray,
                   events: np.ndarray, mask: np.ndarray, pred: np.ndarray, ids) -> None:
         """Renders panels from raw arrays on the worker, then logs them."""

@@ -26,6 +26,15 @@ class Logger:
     def log_images(self, stage: str, batch_idx: int, panels, epoch: int) -> None:
         """``panels`` is a :class:`event_seg.viz.Panels` (pictures plus per-sample masks)."""
 
+    def log_step_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Curves within an epoch (``step/...`` names) against the global optimizer step."""
+
+    def log_figure(self, tag: str, png: bytes, height: int, width: int, epoch: int) -> None:
+        """One picture (PNG bytes) that is not a sample panel, e.g. a confusion matrix."""
+
+    def log_table(self, name: str, columns: List[str], rows: List[list]) -> None:
+        """A small table of the run's results (e.g. per-class IoU), kept with its summary."""
+
     def close(self, exit_code: int = 0) -> None:
         """``exit_code`` != 0: the run was interrupted (trackers may mark it failed)."""
 
@@ -61,6 +70,15 @@ class LoggerGroup(Logger):
     def log_images(self, stage, batch_idx, panels, epoch) -> None:
         self._each("log_images", stage, batch_idx, panels, epoch)
 
+    def log_step_metrics(self, metrics, step) -> None:
+        self._each("log_step_metrics", metrics, step)
+
+    def log_figure(self, tag, png, height, width, epoch) -> None:
+        self._each("log_figure", tag, png, height, width, epoch)
+
+    def log_table(self, name, columns, rows) -> None:
+        self._each("log_table", name, columns, rows)
+
     def close(self, exit_code: int = 0) -> None:
         for logger in self.loggers:
             try:
@@ -69,7 +87,7 @@ class LoggerGroup(Logger):
                 log.warning("Logger '%s' failed to close: %s", logger.name, e)
 
 
-def build_loggers(logger_cfg, trial, start_epoch: int = 0) -> LoggerGroup:
+def build_loggers(logger_cfg, trial, start_epoch: int = 0, start_step: int = 0) -> LoggerGroup:
     """Instantiates each ``_target_`` entry of ``cfg.logger``; one that fails to start is skipped."""
     import time
 
@@ -81,7 +99,8 @@ def build_loggers(logger_cfg, trial, start_epoch: int = 0) -> LoggerGroup:
             continue
         started = time.perf_counter()
         try:
-            loggers.append(instantiate(node, trial=trial, start_epoch=start_epoch))
+            loggers.append(instantiate(node, trial=trial, start_epoch=start_epoch,
+                                       start_step=start_step))
         except Exception as e:
             cause = e.__cause__ or e
             message = " ".join(str(cause).split())[:300]  # one line, however chatty the library

@@ -24,6 +24,8 @@ MAX_ID_LENGTH = 64
 # Metrics whose W&B summary is their best (max) value rather than the last one.
 MAX_SUMMARY_METRICS = ("val_mean_iou", "val_weighted_mean_iou", "inference_mean_iou",
                        "inference_weighted_mean_iou")
+# Curves within an epoch (trainer.log_every_n_steps), against the global optimizer step.
+STEP_METRICS = ("step/train_loss", "step/learning_rate")
 
 
 def wandb_run_id(run_name: str, job: Optional[str] = None) -> str:
@@ -51,7 +53,7 @@ class WandbLogger(Logger):
                  project: str = "event-segmentation", name: Optional[str] = None,
                  mode: Optional[str] = None, tags: Sequence[str] = (), group: Optional[str] = None,
                  notes: Optional[str] = None, init_timeout: float = 30.0,
-                 log_system_metrics: bool = True, job_type: str = "train"):
+                 log_system_metrics: bool = True, job_type: str = "train", start_step: int = 0):
         import wandb
 
         self._wandb = wandb
@@ -90,6 +92,11 @@ class WandbLogger(Logger):
         self.run.define_metric("*", step_metric="epoch")
         for key in MAX_SUMMARY_METRICS:
             self.run.define_metric(key, step_metric="epoch", summary="max")
+        # Step curves against their own axis. Named exactly (an exact definition wins over the
+        # "*" glob above), and the axis itself defined without a step of its own.
+        self.run.define_metric("global_step")
+        for key in STEP_METRICS:
+            self.run.define_metric(key, step_metric="global_step")
         if start_epoch:
             log.info("W&B run %s resumed at epoch %d", self.run_id, start_epoch)
 
@@ -99,6 +106,21 @@ class WandbLogger(Logger):
     def log_metrics(self, metrics, epoch) -> None:
         # Never pass step=: W&B drops steps lower than its own counter, which breaks resume.
         self.run.log({**metrics, "epoch": epoch})
+
+    def log_step_metrics(self, metrics, step) -> None:
+        self.run.log({**metrics, "global_step": step})
+
+    def log_figure(self, tag, png, height, width, epoch) -> None:
+        with tempfile.TemporaryDirectory(prefix="event_seg_figure_") as tmp:
+            path = os.path.join(tmp, "figure.png")
+            with open(path, "wb") as f:
+                f.write(png)
+            self.run.log({tag: self._wandb.Image(path), "epoch": epoch})
+
+    def log_table(self, name, columns, rows) -> None:
+        # In the summary, not the history: one table per run, shown on the run's overview.
+        self.run.summary[name] = self._wandb.Table(columns=list(columns),
+                                                   data=[list(r) for r in rows])
 
     def log_images(self, stage, batch_idx, panels, epoch) -> None:
         wandb = self._wandb
