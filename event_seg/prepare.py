@@ -33,6 +33,14 @@ def prepare(cfg) -> dict:
 
     _config.validate(cfg)
     dataset_cfg = cfg.dataset
+    if dataset_cfg.get("_target_"):
+        from .errors import ConfigError
+
+        # The cache keys each sample by the files it was read from (CompactReader.sources), which
+        # a reader of your own need not say: training reads such a dataset raw, always.
+        raise ConfigError(f"dataset._target_={dataset_cfg._target_}: the prepared cache holds "
+                          f"the built-in formats only; a dataset read by your own reader is "
+                          f"read raw in training (nothing to prepare)")
     root = resolve_root(dataset_cfg, cfg.paths.cache_dir, progress=cfg.trainer.progress_bar)
     cache = PackedCache(cfg.paths.cache_dir, dataset_cfg, root)
     done, packed_folders = {}, {}

@@ -81,7 +81,12 @@ def schema_defaults() -> Dict[str, Any]:
 
     tree = {"trainer": TrainerConfig, "loss": LossConfig, "evaluate": EvaluateConfig,
             "dataset.time_surface": TimeSurfaceConfig}
-    return flatten({k: OmegaConf.to_container(OmegaConf.structured(v)) for k, v in tree.items()})
+    defaults = flatten({k: OmegaConf.to_container(OmegaConf.structured(v))
+                        for k, v in tree.items()})
+    # Your own model or reader (by _target_) came later too: unset meant the built-in ones.
+    for group in ("model", "dataset"):
+        defaults.update({f"{group}._target_": None, f"{group}.kwargs": {}})
+    return defaults
 
 
 def check_same_experiment(saved: dict, now: dict, source: Path, way_out: str) -> None:

@@ -137,8 +137,12 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> float:
         t = self.cfg.trainer
-        log.info("Training %s on %s (%s): %d epochs x %d steps, run folder %s",
-                 self.cfg.model.arch, self.device, self.precision, t.epochs, self.steps_per_epoch,
+        from ..targets import described
+
+        log.info("Training %s on %s (%s): %d epochs x %d steps%s, run folder %s",
+                 described(self.cfg.model, "arch"), self.device, self.precision, t.epochs,
+                 self.steps_per_epoch,
+                 f" of {self.accumulate} batches" if self.accumulate > 1 else "",
                  self.trial.run_dir)
         with self.stop:
             return self._fit_epochs()
