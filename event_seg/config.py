@@ -12,6 +12,7 @@ This module must stay cheap to import: it is imported before Hydra composes anyt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -387,16 +388,28 @@ def _validate_loss(loss, num_classes: int) -> None:
             except (TypeError, ValueError):
                 raise ConfigError(f"loss.class_weights={weights!r} is not 'auto' or a list of "
                                   f"{num_classes} numbers") from None
-            if len(values) != num_classes or min(values) < 0 or not any(values):
-                raise ConfigError(f"loss.class_weights needs {num_classes} non-negative numbers "
-                                  f"(one per dataset.class_names entry), not all zero; got "
-                                  f"{len(values)}: {values}")
+            if (len(values) != num_classes or not all(math.isfinite(v) and v >= 0
+                                                       for v in values) or not any(values)):
+                raise ConfigError(f"loss.class_weights needs {num_classes} finite non-negative "
+                                  f"numbers (one per dataset.class_names entry), not all zero; "
+                                  f"got {len(values)}: {values}")
     if not 0.0 <= loss.label_smoothing < 1.0:
         raise ConfigError(f"loss.label_smoothing={loss.label_smoothing} must be in [0, 1)")
-    if loss.focal_gamma < 0:
+    if not (math.isfinite(loss.focal_gamma) and loss.focal_gamma >= 0):
         raise ConfigError(f"loss.focal_gamma={loss.focal_gamma} must be >= 0")
-    if loss.ce_weight < 0 or loss.dice_weight < 0 or loss.ce_weight + loss.dice_weight <= 0:
-        raise ConfigError("loss.ce_weight and loss.dice_weight must be >= 0, not both 0")
+    ce_w, dice_w = loss.ce_weight, loss.dice_weight
+    if not (math.isfinite(ce_w) and math.isfinite(dice_w) and ce_w >= 0 and dice_w >= 0
+            and ce_w + dice_w > 0):
+        raise ConfigError("loss.ce_weight and loss.dice_weight must be finite and >= 0, not "
+                          "both 0")
+    # A key the chosen loss does not read would change nothing, silently: refused by name.
+    readers = {"label_smoothing": ("ce", "ce+dice"), "focal_gamma": ("focal",),
+               "ce_weight": ("ce+dice",), "dice_weight": ("ce+dice",)}
+    defaults = LossConfig()
+    for key, names in readers.items():
+        if loss.name not in names and loss[key] != getattr(defaults, key):
+            raise ConfigError(f"loss.{key}={loss[key]} is not used by loss={loss.name} (only by "
+                              f"{' and '.join(names)}); drop it or pick one of those")
 
 
 def _validate_training_extras(trainer) -> None:
@@ -411,8 +424,9 @@ def _validate_training_extras(trainer) -> None:
     if patience is not None and patience < 1:
         raise ConfigError(f"trainer.early_stopping.patience={patience} must be >= 1 or null "
                           f"(off)")
-    if trainer.early_stopping.min_delta < 0:
-        raise ConfigError("trainer.early_stopping.min_delta must be >= 0")
+    min_delta = trainer.early_stopping.min_delta
+    if not (math.isfinite(min_delta) and min_delta >= 0):
+        raise ConfigError(f"trainer.early_stopping.min_delta={min_delta} must be a number >= 0")
     if trainer.log_every_n_steps < 1:
         raise ConfigError(f"trainer.log_every_n_steps={trainer.log_every_n_steps} must be >= 1")
 

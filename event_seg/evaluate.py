@@ -191,6 +191,9 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     try:
         trainer = Trainer(cfg, model, data, loggers=loggers, trial=trial, full_config=resolved)
         if trainer.ema is not None:
+            if "ema_model" not in state:
+                raise ConfigError(f"{checkpoint} holds no EMA weights (trained without "
+                                  f"trainer.ema.decay): drop the trainer.ema.decay override")
             # The EMA weights are what validation, the best checkpoint and the test scored.
             trainer.ema.model.load_state_dict(state["ema_model"])
             log.info("Scoring the EMA of the weights (trainer.ema.decay=%s)", trainer.ema.decay)

@@ -287,6 +287,8 @@ def export(checkpoint, fmt: str = "onnx", out: Optional[str] = None,
     height = int(height or cfg.dataset.height)
     width = int(width or cfg.dataset.width)
     out_path = Path(out).expanduser() if out else default_output(checkpoint, fmt)
+    if out_path.is_dir():  # out=some/folder: the usual file name inside it
+        out_path = out_path / DEFAULT_FILES[fmt]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     shape = (info.input_channels, height, width)
     example = torch.randn((EXAMPLE_BATCH, *shape), generator=torch.Generator().manual_seed(1))

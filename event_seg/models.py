@@ -106,6 +106,12 @@ def build_target_model(model_cfg, info):
         try:
             with torch.no_grad():
                 out = model(torch.zeros(1, info.input_channels, height, width))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"model._target_={target} failed on a [1, {info.input_channels}, "
+                              f"{height}, {width}] input (model.kwargs="
+                              f"{dict(model_cfg.get('kwargs') or {})}): {type(e).__name__}: "
+                              f"{first}") from None
         finally:
             model.train(was_training)
         expected = (1, info.num_classes, height, width)

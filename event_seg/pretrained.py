@@ -89,7 +89,11 @@ def read_state_dict(path: str, option: str) -> Tuple[Dict[str, "torch.Tensor"], 
     config = None
     if isinstance(obj.get("model"), dict) and isinstance(obj.get("config"), dict):
         config = obj["config"]  # an event_seg checkpoint: the weights and the run's settings
-        obj = obj["model"]
+        # A run with trainer.ema.decay validated, kept and tested its EMA: start from that.
+        if isinstance(obj.get("ema_model"), dict):
+            log.info("%s: taking the encoder of its EMA weights (the ones that run validated)",
+                     option)
+        obj = obj["ema_model"] if isinstance(obj.get("ema_model"), dict) else obj["model"]
     elif isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # Lightning and similar checkpoints
     elif isinstance(obj.get("model"), dict):

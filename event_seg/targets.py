@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, EventSegError
 
 # What event_seg passes to each kind of target, besides the target's own ``kwargs``.
 MODEL_ARGUMENTS = ("in_channels", "classes")
@@ -136,7 +136,16 @@ def build(node, key_prefix: str, **passed):
     target = check_target(node, key_prefix, passed)
     kwargs = node.get("kwargs")
     kwargs = instantiate(kwargs, _convert_="all") if kwargs else {}
-    return target(**passed, **dict(kwargs))
+    try:
+        return target(**passed, **dict(kwargs))
+    except EventSegError:
+        raise  # a reader's own readable error (a missing folder, a corrupt file)
+    except Exception as e:
+        # Its constructor refused the values (width=0, a string for a number): one line that
+        # names the target and what it was given, not the traceback from inside user code.
+        raise ConfigError(f"{key_prefix}._target_={node.get('_target_')} could not be built "
+                          f"with {key_prefix}.kwargs={dict(kwargs)}: {type(e).__name__}: "
+                          f"{_first_line(e)}") from None
 
 
 def plain(node) -> Dict[str, Any]:

@@ -222,6 +222,21 @@ def test_a_model_output_of_the_wrong_shape_is_one_line():
         f"softmax)")
 
 
+@pytest.mark.parametrize("width,expected", [
+    ("0", "RuntimeError"),    # its constructor builds, its forward fails: the shape probe
+    ("abc", "TypeError"),     # its constructor itself fails
+])
+def test_a_model_that_fails_to_build_or_run_is_one_line(width, expected):
+    from event_seg.models import build_model
+
+    cfg = composed(*CUSTOM, f"model.kwargs.width={width}")
+    with pytest.raises(ConfigError) as caught:
+        build_model(cfg.model, _info(cfg))
+    message = str(caught.value)
+    assert message.startswith("model._target_=examples.tiny_net.TinyNet ") and "\n" not in message
+    assert expected in message and f"'width': " in message
+
+
 def _info(cfg):
     from event_seg.data.build import DatasetInfo, event_channels, input_channels
 

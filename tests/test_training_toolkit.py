@@ -78,6 +78,30 @@ def test_auto_class_weights_are_inverse_square_root_frequencies():
     assert w == pytest.approx([raw[0], raw[1], raw[1]])
 
 
+@pytest.mark.parametrize("overrides,expected", [
+    (("loss.class_weights=[1,1,1,1,1,1,1,1,nan]",), "finite non-negative numbers"),
+    (("loss=ce+dice", "loss.ce_weight=inf"), "must be finite and >= 0"),
+    (("trainer.early_stopping.min_delta=nan",), "min_delta=nan must be a number >= 0"),
+    (("loss=dice", "loss.label_smoothing=0.2"), "loss.label_smoothing=0.2 is not used by "
+                                                "loss=dice (only by ce and ce+dice)"),
+    (("loss=ce", "loss.dice_weight=3"), "loss.dice_weight=3.0 is not used by loss=ce"),
+    (("trainer.ema.decay=1",), "trainer.ema.decay=1.0 must be in (0, 1)"),
+    (("trainer.accumulate_grad_batches=0",), "must be >= 1"),
+    (("evaluate.sliding_window.size=[48,64]",), "must be multiples of 32"),
+])
+def test_toolkit_settings_are_checked_before_anything_runs(overrides, expected):
+    from hydra import compose, initialize_config_dir
+
+    from event_seg.config import validate
+    from event_seg.errors import ConfigError
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "trial_timestamp=x"])
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_bad_loss_settings_are_one_line_errors(tmp_path, cache):
     proc = subprocess.run(
         [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
@@ -168,6 +192,14 @@ def test_early_stopping_fires_and_keeps_the_best(tmp_path, cache):
     assert best == summary["best_val_mean_iou"] and summary["best_epoch"] <= 3
     assert "test_mean_iou" in summary  # the final test still ran, on the best checkpoint
     assert torch.load(trainer.trial.last_checkpoint, weights_only=True)["epoch"] == 3
+    # Killed in the final test (no metrics.json yet), then resumed: no fourth epoch, the test.
+    trainer.trial.metrics_file.unlink()
+    resumed = make_trainer(tmp_path, cache, "trainer.epochs=5",
+                           "trainer.early_stopping.patience=2",
+                           "trainer.early_stopping.min_delta=0.5")
+    step = resumed.global_step
+    assert resumed.fit() == best and resumed.global_step == step
+    assert json.loads(resumed.trial.metrics_file.read_text())["stopped_early_at_epoch"] == 3
 
 
 # -- evaluation ------------------------------------------------------------------------------

@@ -156,7 +156,11 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     # Each reader reports the unit of its raw stamps (DSEC documents microseconds, EventScape's
     # is detected). Only the time surface needs it: the device converts tau_ms to that unit
     # once (events.tau_in_ticks) instead of every event being rescaled.
-    time_unit = getattr(next(iter(datasets.values()), None), "time_unit", None)
+    # Asked only where it is used or was always logged (training): EventScape's detection reads
+    # a raw window, which an evaluation from the prepared cache must not.
+    asked = dataset_cfg.representation == "time_surface" or "train" in datasets
+    time_unit = (getattr(datasets.get("train", next(iter(datasets.values()), None)), "time_unit",
+                         None) if asked else None)
     if time_unit is not None:
         log.info("Event timestamps are in %s", time_unit)
     elif dataset_cfg.representation == "time_surface":

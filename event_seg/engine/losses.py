@@ -112,8 +112,12 @@ def count_class_pixels(reader, num_classes: int, ignore_index: int, rank: int = 
 
         indices = tqdm(indices, desc="class_weights=auto: counting label pixels", leave=False,
                        unit="label")
+    # A reader of your own may have no read_mask: its un-augmented read(), else its sample.
+    read_mask = getattr(reader, "read_mask", None) or (
+        (lambda i: reader.read(i)["mask"]) if hasattr(reader, "read") else
+        (lambda i: reader[i]["mask"]))
     for i in indices:
-        mask = np.asarray(reader.read_mask(i)).ravel()
+        mask = np.asarray(read_mask(i)).ravel()
         mask = mask[mask != ignore_index]
         counts += np.bincount(mask, minlength=num_classes)[:num_classes]
     return counts

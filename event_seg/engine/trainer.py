@@ -114,7 +114,10 @@ class Trainer:
                               else Predictor(autocast=self._autocast))
         stopping = cfg.trainer.early_stopping
         self.patience, self.min_delta = stopping.patience, float(stopping.min_delta)
-        self.stale_epochs = 0  # epochs since val_mean_iou last beat the best by min_delta
+        self.stale_epochs = 0  # epochs since val_mean_iou last beat es_reference by min_delta
+        # The score that last reset the count (best_metric moves on any improvement; this one
+        # only on an improvement larger than min_delta), and its epoch.
+        self.es_reference, self.es_reference_epoch = -math.inf, 0
         self.pending_batches = 0  # backward passes summed since the last optimizer step
         self.stopped_early_at: Optional[int] = None
         self.last_confusion = None  # the last evaluation's confusion matrix (numpy), for images
@@ -149,6 +152,15 @@ class Trainer:
 
     def _fit_epochs(self) -> float:
         t = self.cfg.trainer
+        if self.start_epoch and self.patience is not None and self.stale_epochs >= self.patience:
+            # Resumed after early stopping had fired (killed before the final test), or with a
+            # patience the saved count already exceeds: no further epoch, straight to the test.
+            self.stopped_early_at = self.start_epoch
+            log.info("Early stopping: %d epochs without a better val_mean_iou by epoch %d "
+                     "(trainer.early_stopping.patience=%d); no further epoch is trained",
+                     self.stale_epochs, self.start_epoch, self.patience)
+            self._final_test()
+            return self.best_metric
         for epoch in range(self.start_epoch + 1, t.epochs + 1):
             started = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch started with
@@ -166,8 +178,9 @@ class Trainer:
             self.epoch_times.append(metrics["epoch_time_s"])
             self.loggers.log_metrics(metrics, epoch)
             improved = val["val_mean_iou"] > self.best_metric
-            if val["val_mean_iou"] > self.best_metric + self.min_delta:
+            if val["val_mean_iou"] > self.es_reference + self.min_delta:
                 self.stale_epochs = 0
+                self.es_reference, self.es_reference_epoch = val["val_mean_iou"], epoch
             else:
                 self.stale_epochs += 1
             if improved:
@@ -183,8 +196,9 @@ class Trainer:
             if stop_now:
                 log.info("Early stopping after epoch %d/%d: val_mean_iou has not beaten %.4f "
                          "(epoch %d) by more than %g for %d epochs (trainer.early_stopping."
-                         "patience=%d)", epoch, t.epochs, self.best_metric, self.best_epoch,
-                         self.min_delta, self.stale_epochs, self.patience)
+                         "patience=%d); best %.4f at epoch %d", epoch, t.epochs,
+                         self.es_reference, self.es_reference_epoch, self.min_delta,
+                         self.stale_epochs, self.patience, self.best_metric, self.best_epoch)
                 self.loggers.log_metrics({"early_stopping_epoch": epoch}, epoch)
                 break
         self._final_test()
@@ -513,7 +527,8 @@ class Trainer:
             "config": self.full_config,
             "dataset_info": self.info.as_dict(),
             "trial": {"name": self.trial.name, "timestamp": self.trial.timestamp},
-            "early_stopping": {"stale_epochs": self.stale_epochs},
+            "early_stopping": {"stale_epochs": self.stale_epochs, "reference": self.es_reference,
+                               "reference_epoch": self.es_reference_epoch},
             **({"ema_model": self.ema.model.state_dict(), "ema": self.ema.state_dict()}
                if self.ema is not None else {}),
         }
@@ -564,7 +579,10 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state.get("best_epoch", 0))
-        self.stale_epochs = int(state.get("early_stopping", {}).get("stale_epochs", 0))
+        stopping = state.get("early_stopping", {})
+        self.stale_epochs = int(stopping.get("stale_epochs", 0))
+        self.es_reference = float(stopping.get("reference", self.best_metric))
+        self.es_reference_epoch = int(stopping.get("reference_epoch", self.best_epoch))
         restore_rng_state(state["rng"])
         if self.best_epoch == self.start_epoch and self.dist.is_main:
             # A kill between writing last.pt and linking best.pt leaves best.pt one best behind.
