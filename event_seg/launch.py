@@ -96,19 +96,38 @@ def _compose_and_check(argv: List[str], config_dir: str):
 def _check_swept_options(parsed, config_dir: str) -> None:
     """``-m model=unet,nope``: each swept option of a config group must exist (composing the
     sweep's other keys alone would not see it)."""
+    folders = _config_folders(parsed, config_dir)
+    if folders is None:
+        return  # a pkg:// search path: its options cannot be listed here; Hydra checks them
     for o in parsed:
-        group = Path(config_dir) / o.key_or_group
-        if not o.is_sweep_override() or "." in o.key_or_group or not group.is_dir():
+        groups = [f / o.key_or_group for f in folders if (f / o.key_or_group).is_dir()]
+        if not o.is_sweep_override() or "." in o.key_or_group or not groups:
             continue
         try:
             values = list(o.sweep_string_iterator())
         except Exception:  # ranges, intervals: not options of a group
             continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = sorted({p.stem for group in groups for p in group.glob("*.yaml")})
         for value in values:
             if value not in options:
                 raise ConfigError(f"{o.key_or_group}={value} is not an option of "
                                   f"{o.key_or_group}; choose one of: {', '.join(options)}")
+
+
+def _config_folders(parsed, config_dir: str):
+    """conf/ and the folders ``hydra.searchpath=[file://...]`` adds (your own model or dataset
+    configs), or None when a search path cannot be listed from here."""
+    folders = [Path(config_dir)]
+    for o in parsed:
+        if o.key_or_group != "hydra.searchpath":
+            continue
+        value = o.value()
+        for entry in (value if isinstance(value, list) else [value]):
+            entry = str(entry)
+            if not entry.startswith("file://"):
+                return None
+            folders.append(Path(entry[len("file://"):]).expanduser())
+    return folders
 
 
 def _check_swept_values(parsed, cfg, config_dir: str) -> None:

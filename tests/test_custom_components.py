@@ -293,3 +293,11 @@ def test_a_reader_breaking_the_sample_contract_is_one_line(reader, expected, npz
     message = str(caught.value)
     assert message.startswith(f"dataset._target_={MODULE}.{reader}: sample 0 (id 'val/s0') ")
     assert expected in message and "\n" not in message
+
+
+def test_a_sweep_over_your_own_model_finds_it_on_the_search_path():
+    argv = ["train", "-m", "model=unet,tiny_net", "hydra.searchpath=[file://examples/conf]"]
+    assert compose_command(argv, CONFIG_DIR).model.name == "unet"
+    with pytest.raises(ConfigError, match="model=tiny_nett is not an option of model; choose "
+                                          "one of: deeplabv3plus, fpn, tiny_net, unet"):
+        compose_command([*argv[:2], "model=unet,tiny_nett", argv[3]], CONFIG_DIR)
