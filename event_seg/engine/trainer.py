@@ -311,6 +311,8 @@ class Trainer:
         import torch.distributed as dist
 
         for p in self.model.parameters():
+            if not p.requires_grad:
+                continue  # frozen: no gradient to agree on (and none to invent)
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
