@@ -5,6 +5,9 @@ remembered from training time:
 
     event-seg-evaluate checkpoint=outputs/unet_2026-11-29_10-00-00/checkpoints/best.pt
     event-seg-evaluate checkpoint=.../best.pt split=val dataset.root=/data/EventScape logger=wandb
+    event-seg-evaluate checkpoint=outputs/unet_2026-11-29_10-00-00   # a run folder: its best.pt
+
+``checkpoint`` is a .pt file or a run folder (its checkpoints/best.pt, else last.pt).
 
 Prints a per-class IoU table with mean IoU, weighted mean IoU and pixel accuracy, writes them to
 ``<output_dir>/metrics.json`` and the colourised prediction panels (RGB | events | ground truth |
@@ -140,7 +143,7 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
 
     from . import config as _config
     from .data import build_data
-    from .engine.checkpoint import load_checkpoint
+    from .engine.checkpoint import find_checkpoint, load_checkpoint
     from .engine.trainer import Trainer
     from .engine.trial import Trial
     from .loggers import build_loggers
@@ -151,7 +154,7 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     from .train import seed_everything
     from .viz import panel_renderer
 
-    checkpoint = Path(checkpoint).expanduser()
+    checkpoint = find_checkpoint(Path(checkpoint))  # a .pt file, or a run folder's best.pt
     state = load_checkpoint(checkpoint)
     cfg = evaluation_config(state.get("config", {}), overrides, checkpoint)
     _config.validate(cfg)

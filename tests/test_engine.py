@@ -171,3 +171,21 @@ def test_output_folder_problems_are_reported_before_training(tmp_path):
     full = lambda path: SimpleNamespace(free=30 * 2 ** 20)  # noqa: E731
     with pytest.raises(ConfigError, match=r"has 30 MiB free; this run needs about 264 MiB"):
         check_output_folder(tmp_path / "run", needed_bytes=100 * 2 ** 20, disk_usage=full)
+
+
+def test_a_run_folder_names_its_best_then_last_checkpoint(tmp_path):
+    """What event-seg-evaluate and event-seg-export accept for checkpoint=."""
+    from event_seg.engine.checkpoint import find_checkpoint
+
+    folder = tmp_path / "unet_x" / "checkpoints"
+    save_checkpoint({"epoch": 1}, folder / "last.pt")
+    assert find_checkpoint(tmp_path / "unet_x") == folder / "last.pt"
+    save_checkpoint({"epoch": 1}, folder / "best.pt")
+    assert find_checkpoint(tmp_path / "unet_x") == folder / "best.pt"
+    assert find_checkpoint(folder / "last.pt") == folder / "last.pt"
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07onnx")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        find_checkpoint(tmp_path / "model.onnx")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder without checkpoints/best.pt"):
+        find_checkpoint(tmp_path / "empty")

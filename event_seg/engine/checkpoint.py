@@ -133,3 +133,26 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A .pt file as given; for a folder (a run folder or its checkpoints/), best.pt or last.pt."""
+    path = Path(path).expanduser()
+    if not path.exists():  # said before torch is imported: a typo costs no wait
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(2)
+        # torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else is
+        # another kind of file, say the exported model itself, not a damaged checkpoint.
+        if head and head != b"PK" and head[:1] != b"\x80":
+            raise CheckpointError(f"checkpoint={path} is not a PyTorch checkpoint; pass "
+                                  f"checkpoints/best.pt or last.pt of a run, or the run folder")
+    if not path.is_dir():
+        return path  # load_checkpoint names an unreadable one
+    for name in ("best.pt", "last.pt"):
+        for folder in (path / "checkpoints", path):
+            if (folder / name).is_file():
+                return folder / name
+    raise CheckpointError(f"checkpoint={path} is a folder without checkpoints/best.pt or "
+                          f"last.pt; pass a run folder or a .pt file")
