@@ -247,10 +247,12 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
 def run_class_weights(checkpoint: Path):
     """``loss.class_weights=auto``: the weights the run saved in its folder (the checkpoint's
     parent or grandparent), or None (an unweighted loss, with a warning)."""
+    from .engine.losses import saved_class_weights
+
     for folder in (checkpoint.parent, checkpoint.parent.parent):
-        saved = folder / "class_weights.json"
-        if saved.is_file():
-            return [float(w) for w in json.loads(saved.read_text())["weights"]]
+        saved = saved_class_weights(folder / "class_weights.json")
+        if saved is not None:
+            return saved
     log.warning("loss.class_weights=auto, but no class_weights.json beside %s: the loss is "
                 "reported unweighted (the IoU scores do not depend on it)", checkpoint)
     return None

@@ -123,15 +123,25 @@ def count_class_pixels(reader, num_classes: int, ignore_index: int, rank: int = 
     return counts
 
 
+def saved_class_weights(path, class_names=None) -> Optional[List[float]]:
+    """The weights a run counted (its ``class_weights.json``), or None when there is no such
+    file or it was counted for other classes."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if class_names is not None and saved.get("class_names") != list(class_names):
+        return None
+    return [float(w) for w in saved["weights"]]
+
+
 def auto_class_weights(reader, info, cache_file, dist, device="cpu",
                        progress: bool = True) -> List[float]:
     """The ``auto`` weights of the train split: counted once per run (sharded over the ranks)
     and kept in ``cache_file`` (the run folder's ``class_weights.json``), so a resume reuses
     them instead of reading every label again."""
-    if cache_file.is_file():
-        saved = json.loads(cache_file.read_text())
-        if saved.get("class_names") == list(info.class_names):
-            return [float(w) for w in saved["weights"]]
+    saved = saved_class_weights(cache_file, info.class_names)
+    if saved is not None:
+        return saved
     counts = count_class_pixels(reader, info.num_classes, info.ignore_index, dist.rank,
                                 dist.world_size, progress=progress and dist.is_main)
     if dist.enabled:  # each rank counted its share; NCCL reduces device tensors only

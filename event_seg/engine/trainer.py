@@ -30,7 +30,7 @@ from .inference import Predictor, build_predictor
 from .metrics import SegmentationMetrics
 from .preemption import StopRequest
 from .ema import WeightEMA
-from .losses import auto_class_weights, build_loss
+from .losses import auto_class_weights, build_loss, saved_class_weights
 from .schedule import build_optimizer, build_scheduler
 from .trial import write_text_atomic
 from ..distributed import Context
@@ -269,13 +269,16 @@ class Trainer:
                 # progress bar and the step curve share it.
                 if self.defer_nonfinite_check:
                     self._raise_if_nonfinite(epoch, bad_batch, bad_loss)
-                mean = curve.point(float(loss_sum), count, self.global_step)
-                lr = self.optimizer.param_groups[0]["lr"]
-                if mean is not None:
-                    self.loggers.log_step_metrics(
-                        {"step/train_loss": mean, "step/learning_rate": lr}, self.global_step)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(loss_sum) / count:.4f}", lr=f"{lr:.2e}")
+                tracked = getattr(self.loggers, "active", False)
+                if tracked or hasattr(bar, "set_postfix"):  # else nothing reads the loss here
+                    total_loss = float(loss_sum)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    mean = curve.point(total_loss, count, self.global_step)
+                    if tracked and mean is not None:
+                        self.loggers.log_step_metrics(
+                            {"step/train_loss": mean, "step/learning_rate": lr}, self.global_step)
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{total_loss / count:.4f}", lr=f"{lr:.2e}")
         if self.defer_nonfinite_check:
             self._raise_if_nonfinite(epoch, bad_batch, bad_loss)
         totals = self.dist.sum_(torch.stack([loss_sum, torch.tensor(float(count), device=self.device)]))
@@ -433,14 +436,12 @@ class Trainer:
         if weights != "auto":
             return None if weights is None else [float(w) for w in weights]
         cache = self.trial.run_dir / "class_weights.json"
-        if "train" not in self.data.loaders:
-            if cache.is_file():  # event-seg-evaluate on a run folder: the run's own weights
-                import json as _json
-
-                return [float(w) for w in _json.loads(cache.read_text())["weights"]]
-            log.warning("loss.class_weights=auto but %s is missing: the loss is reported "
-                        "unweighted", cache)
-            return None
+        if "train" not in self.data.loaders:  # evaluation only: the weights the run counted
+            saved = saved_class_weights(cache)
+            if saved is None:
+                log.warning("loss.class_weights=auto but %s is missing: the loss is reported "
+                            "unweighted", cache)
+            return saved
         reader = self.data.loaders["train"].dataset.dataset
         while not hasattr(reader, "read_mask") and hasattr(reader, "dataset"):
             reader = reader.dataset  # under dataset.skip_corrupt's wrapper
