@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[dev,export]' $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[dev,export,dashboard]' $(TORCH_PIN)
+	@# Replaced by our own sweeper; its optuna<3 pin would clash with the optuna it now needs.
+	$(PY) -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -230,6 +230,8 @@ class TrainConfig:
     seed: int = 42
     trial_timestamp: str = MISSING
     run_name: str = MISSING
+    # The number a run returns to a sweeper (and the summary ranks jobs by): a key of metrics.json.
+    optimized_metric: str = "best_val_mean_iou"
 
 
 def register_schemas() -> None:
@@ -260,6 +262,29 @@ CHOICES: Dict[str, tuple] = {
     "loss.name": ("ce", "dice", "focal", "lovasz", "ce+dice"),
     "evaluate.tta": ("none", "hflip"),
 }
+
+
+# What ``optimized_metric`` may name: a key every finished run writes to metrics.json. The best_val_*
+# values are the best of any epoch (lowest loss, highest score); test_* score the best checkpoint.
+OPTIMIZABLE = ("best_val_mean_iou", "best_val_weighted_mean_iou", "best_val_pixel_accuracy",
+               "best_val_loss", "test_mean_iou", "test_weighted_mean_iou", "test_pixel_accuracy",
+               "test_loss")
+
+
+def check_optimized_metric(name: str, class_names: List[str]) -> None:
+    allowed = [*OPTIMIZABLE, *(f"test_iou/{c}" for c in class_names)]
+    if name not in allowed:
+        import difflib
+
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"optimized_metric={name!r} is not a metric a run reports{hint}; "
+                          f"choose one of: {', '.join(OPTIMIZABLE)}, test_iou/<class>")
+
+
+def metric_direction(name: str) -> str:
+    """``minimize`` for a loss, ``maximize`` for a score."""
+    return "minimize" if name.endswith("loss") else "maximize"
 
 
 # Architectures with a BatchNorm after global pooling (ASPP, PPM, PAN's attention): in training
@@ -490,6 +515,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_precision(cfg.trainer)
     _validate_loss(cfg.loss, len(cfg.dataset.class_names))
     _validate_training_extras(cfg.trainer)
+    check_optimized_metric(cfg.optimized_metric, list(cfg.dataset.class_names))
     _validate_evaluation(cfg.evaluate)
     if cfg.model.arch in NEEDS_TWO_SAMPLES and cfg.trainer.batch_size < 2:
         raise ConfigError(f"model.arch={cfg.model.arch} normalises pooled features over the batch "

@@ -323,7 +323,7 @@ def summary(record: dict, out_path: Path, spec_path: Path, ema: bool) -> str:
         f"check   {record['runtime']} vs PyTorch (eval), max|diff| <= {TOLERANCE:g} * "
         f"max(1, max|PyTorch|): {diffs}  OK",
         f"input from events: event_seg.data.model_input.model_input(spec, rgb, events), spec = "
-        f"json.load(open('{spec_path.name}'))['input'] (README: Export)",
+        f"json.load(open('{spec_path.name}'))['input'] (docs/python_api.md: Building the input from events)",
     ]
     return "\n".join(lines)
 

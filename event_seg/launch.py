@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -85,6 +85,10 @@ def _compose_and_check(argv: List[str], config_dir: str):
         cfg = compose("train", overrides=[*overrides, f"{KEY}={PLACEHOLDER}"],
                       return_hydra_config=True)
     validate(cfg)  # before Hydra makes the run folder; run() checks the final config again
+    if str(cfg.hydra.sweeper.get("_target_", "")).startswith("hydra_plugins.event_seg_sweeper"):
+        from .optuna_search import check_settings
+
+        check_settings(cfg.hydra.sweeper, cfg.optimized_metric)
     if is_sweep(argv):
         _check_swept_values(parsed, cfg, config_dir)
     if not run_folder_pattern(cfg, is_sweep(argv)).strip():
@@ -223,16 +227,17 @@ def claim_folder(pattern: str, timestamp: Optional[str],
 
 
 def settle(argv: List[str], config_dir: str, main_rank: bool,
-           agree: Callable[[str], str] = lambda ts: ts) -> List[str]:
-    """Checks the command and claims its folder; returns ``argv`` with a concrete timestamp.
+           agree: Callable[[str], str] = lambda ts: ts) -> Tuple[List[str], Optional[str]]:
+    """Checks the command and claims its folder; returns ``argv`` with a concrete timestamp,
+    and the sweep's folder for a multirun (None for a single run).
 
     Under torchrun only rank 0 claims; ``agree`` hands its timestamp to the other ranks.
     """
     given = given_timestamp(argv)
     if not runs_a_job(argv):
         # --cfg job, --help ...: Hydra prints; a pinned timestamp keeps the printout concrete.
-        return argv if given else with_timestamp(argv, datetime.datetime.now().strftime(
-            TIMESTAMP_FORMAT))
+        return (argv if given else with_timestamp(argv, datetime.datetime.now().strftime(
+            TIMESTAMP_FORMAT))), None
     cfg = compose_command(argv, config_dir)
     sweep = is_sweep(argv)
     pattern = run_folder_pattern(cfg, sweep)
@@ -240,9 +245,8 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
         from .latest import latest_timestamp
 
         given = latest_timestamp(pattern, sweep, run_name=str(cfg.run_name))
-    if given is not None:
-        if main_rank:
-            claim_folder(pattern, given)
-        return with_timestamp(argv, given)
-    timestamp = agree(claim_folder(pattern, None) if main_rank else "")
-    return with_timestamp(argv, timestamp)
+    if given is None:
+        given = agree(claim_folder(pattern, None) if main_rank else "")
+    elif main_rank:
+        claim_folder(pattern, given)
+    return with_timestamp(argv, given), (pattern.replace(PLACEHOLDER, given) if sweep else None)

@@ -7,6 +7,7 @@ into one readable line and a non-zero exit.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -15,14 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config as _config  # registers the schemas before Hydra composes
 from .engine.preemption import Preempted
-from .errors import EventSegError
+from .errors import ConfigError, EventSegError
 from .secrets import redact
 
 log = logging.getLogger("event_seg")
 
 
 def run(cfg: DictConfig) -> float:
-    """Trains one configured run and returns its best ``val_mean_iou`` (what sweepers optimise)."""
+    """Trains one configured run and returns its ``optimized_metric`` (what sweepers optimise:
+    the best ``val_mean_iou`` unless the config names another key of metrics.json)."""
     _config.validate(cfg)
     _config.make_paths_absolute(cfg)  # evaluate, resume and sweeps may start elsewhere
 
@@ -59,7 +61,8 @@ def run(cfg: DictConfig) -> float:
         log.info("%s already finished %d epochs (best val_mean_iou %.4f); skipping it. To train "
                  "again, %s", trial.run_dir, cfg.trainer.epochs, done["best_val_mean_iou"],
                  way_out)
-        return float(done["best_val_mean_iou"])
+        _note_skipped()
+        return optimized_value(done, cfg.optimized_metric, trial.metrics_file)
     planned = (saved or {}).get("trainer", {}).get("epochs") if source == trial.last_checkpoint else None
     check_epochs(cfg.trainer.epochs, saved_epoch, planned, done and done.get("epochs"),
                  trial.run_dir, way_out)
@@ -73,6 +76,10 @@ def run(cfg: DictConfig) -> float:
                       rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
         ctx.barrier()
+    if cfg.optimized_metric.startswith("test_") and "test" not in data.loaders:
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric} needs a test split, and "
+                          f"{data.info.name} at {data.info.root} has none; optimise a best_val_* "
+                          f"metric")
     log.info("Dataset %s at %s: %s, %s x%d, input channels %d", data.info.name, data.info.root,
              data.info.split_sizes, data.info.representation, data.info.event_channels,
              data.info.input_channels)
@@ -102,9 +109,9 @@ def run(cfg: DictConfig) -> float:
     exit_code = 1  # anything escaping below is a failure unless fit() returns
     try:
         loggers.log_config(resolved, meta)
-        best = trainer.fit()
+        trainer.fit()
         exit_code = 0
-        return best
+        return optimized_value(trainer.summary, cfg.optimized_metric, trial.metrics_file)
     except Preempted as stop:
         exit_code = stop.exit_code
         kept = (f"{trial.last_checkpoint} holds epoch {trainer.saved_epoch}"
@@ -116,6 +123,14 @@ def run(cfg: DictConfig) -> float:
     finally:
         loggers.close(exit_code)
         distributed.shutdown()
+
+
+def optimized_value(summary: dict, metric: str, source) -> float:
+    """The number a sweeper ranks this run by (``optimized_metric``), from its metrics.json."""
+    if metric not in summary:
+        raise ConfigError(f"{source} has no {metric} (optimized_metric); it holds: "
+                          f"{', '.join(k for k in summary if not k.endswith('_s'))}")
+    return float(summary[metric])
 
 
 def resume_command(trial) -> str:
@@ -177,14 +192,44 @@ def main() -> None:
     try:
         # Checks the command in one line, pins trial_timestamp (``${now:}`` would be evaluated
         # by each SLURM requeue and each torchrun rank) and claims the run folder.
-        sys.argv = settle(sys.argv, CONFIG_DIR, main_rank=rank() == 0, agree=agree_on_timestamp)
+        sys.argv, sweep_dir = settle(sys.argv, CONFIG_DIR, main_rank=rank() == 0,
+                                     agree=agree_on_timestamp)
         sys.argv = name_jobs_by_swept_keys(sys.argv)
         if rank() > 0:  # rank 0 writes .hydra/ for the job
             sys.argv = pin_override(sys.argv, "hydra.output_subdir=null")
     except EventSegError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
+    if sweep_dir is None or rank() > 0:
+        hydra_main()
+        return
+    code = 0
+    try:
+        hydra_main()
+    except SystemExit as stop:  # Hydra's own report of an error, or a pre-emption
+        code = stop.code if isinstance(stop.code, int) else 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or summarize_sweep(sweep_dir))
+
+
+def summarize_sweep(sweep_dir: str) -> int:
+    """Prints and writes the sweep's summary; 1 when a job failed (the sweep's exit code)."""
+    from .sweep_summary import failed_jobs, write_summary
+
+    try:
+        table = write_summary(Path(sweep_dir))
+    except OSError as e:
+        print(f"error: could not write the sweep summary in {sweep_dir}: {e}", file=sys.stderr)
+        return 1
+    if table is None:
+        return 0
+    print(table, flush=True)
+    failed = failed_jobs(Path(sweep_dir))
+    if failed:
+        print(f"error: {failed} job(s) of the sweep failed; each one's train.log has its error",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 # Never part of a sweep job's folder name: they do not change what is trained.
@@ -218,6 +263,8 @@ def pin_override(argv, override: str):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
+    if _in_multirun():
+        return _run_sweep_job(cfg)
     try:
         return run(cfg)
     except Preempted as stop:
@@ -225,17 +272,56 @@ def hydra_main(cfg: DictConfig) -> float:
     except EventSegError as e:
         # One readable line instead of a traceback: these are errors the user can fix.
         log.error("%s", e)
-        if _in_multirun():
-            raise  # Hydra marks this job failed; the other jobs go on
         sys.exit(2)
     except Exception:
-        if _in_multirun():
-            # Into this job's own log file; Hydra marks the job failed and runs the others.
-            log.exception("This job failed")
-        else:
-            # Hydra prints the traceback on the console; train.log must keep it too.
-            _log_to_files_only(logging.ERROR, "The run failed", exc_info=sys.exc_info())
+        # Hydra prints the traceback on the console; train.log must keep it too.
+        _log_to_files_only(logging.ERROR, "The run failed", exc_info=sys.exc_info())
         raise
+
+
+_skipped = False  # set by run() when this job had finished before (see _run_sweep_job)
+
+
+def _note_skipped() -> None:
+    global _skipped
+    _skipped = True
+
+
+def _run_sweep_job(cfg: DictConfig) -> float:
+    """One job of a multirun. A failure is recorded (job_status.json, its train.log) and
+    returned as NaN, so every launcher runs the other jobs and the sweep ends with its
+    summary (sweep_summary.py) rather than the traceback of its first failure; the sweep
+    command still exits non-zero when a job failed. Optuna marks a NaN trial failed."""
+    global _skipped
+    from hydra.core.hydra_config import HydraConfig
+
+    from .distributed import rank
+    from .sweep_summary import JobStatus
+
+    _skipped = False
+    hydra_cfg = HydraConfig.get()
+    direction = _config.metric_direction(cfg.optimized_metric)
+    status = (JobStatus(Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task),
+                        cfg.optimized_metric, direction) if rank() == 0 else None)
+    outcome, value, error = "failed", math.nan, ""
+    try:
+        value = run(cfg)
+        outcome = "skipped" if _skipped else "finished"
+        return value
+    except Preempted as stop:
+        outcome, error = "interrupted", str(stop)
+        sys.exit(stop.exit_code)
+    except EventSegError as e:
+        log.error("%s", e)  # one line, into the console and this job's train.log
+        error = str(e)
+        return math.nan
+    except Exception as e:
+        log.exception("This job failed")  # the traceback into this job's train.log
+        error = f"{type(e).__name__}: {e}"
+        return math.nan
+    finally:
+        if status is not None:
+            status.ended(outcome, value if outcome in ("finished", "skipped") else None, error)
 
 
 def _log_to_files_only(level: int, message: str, exc_info=None) -> None:

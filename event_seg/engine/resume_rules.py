@@ -32,6 +32,8 @@ MAY_DIFFER = (
     # How the final test predicts (TTA, sliding window) does not change the weights trained;
     # when to stop early is, like trainer.epochs, a question of how long.
     "evaluate", "trainer.early_stopping",
+    # What a sweeper reads from the finished run, not what is trained.
+    "optimized_metric",
 )
 SHOWN = 6  # differences listed in the one-line refusal
 

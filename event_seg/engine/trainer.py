@@ -122,6 +122,10 @@ class Trainer:
         self.stopped_early_at: Optional[int] = None
         self.last_confusion = None  # the last evaluation's confusion matrix (numpy), for images
         self.best_val_scores: Dict[str, float] = {}  # val metrics of the best epoch (this process)
+        # The best of every epoch for each validation score (the lowest loss): what
+        # optimized_metric=best_val_* hands a sweeper. Kept in checkpoints.
+        self.val_bests: Dict[str, float] = {}
+        self.summary: Dict[str, Any] = {}  # what metrics.json holds, once the final test ran
         self.start_epoch = 0
         self.global_step = 0
         self.best_metric = -math.inf
@@ -177,6 +181,7 @@ class Trainer:
             metrics["epoch_time_s"] = time.perf_counter() - started
             self.epoch_times.append(metrics["epoch_time_s"])
             self.loggers.log_metrics(metrics, epoch)
+            self._note_val_bests(val)
             improved = val["val_mean_iou"] > self.best_metric
             if val["val_mean_iou"] > self.es_reference + self.min_delta:
                 self.stale_epochs = 0
@@ -203,6 +208,14 @@ class Trainer:
                 break
         self._final_test()
         return self.best_metric
+
+    def _note_val_bests(self, val: Dict[str, float]) -> None:
+        for key in ("val_loss", "val_weighted_mean_iou", "val_pixel_accuracy"):
+            if key not in val or not math.isfinite(val[key]):
+                continue
+            best = self.val_bests.get(key)
+            better = min if key.endswith("loss") else max
+            self.val_bests[key] = val[key] if best is None else better(best, val[key])
 
     def _inference_due(self, epoch: int) -> bool:
         inference = self.cfg.trainer.inference
@@ -526,6 +539,7 @@ class Trainer:
             "global_step": self.global_step,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
+            "val_bests": dict(self.val_bests),
             "rng": rng_state(),
             "config": self.full_config,
             "dataset_info": self.info.as_dict(),
@@ -582,6 +596,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state.get("best_epoch", 0))
+        self.val_bests = dict(state.get("val_bests", {}))  # older checkpoints: from here on
         stopping = state.get("early_stopping", {})
         self.stale_epochs = int(stopping.get("stale_epochs", 0))
         self.es_reference = float(stopping.get("reference", self.best_metric))
@@ -636,6 +651,7 @@ class Trainer:
         """Scores the best checkpoint on the test split and writes ``metrics.json``."""
         summary = {"best_val_mean_iou": self.best_metric, "best_epoch": self.best_epoch,
                    "epochs": self.cfg.trainer.epochs, "epoch_times_s": self.epoch_times}
+        summary.update({f"best_{key}": value for key, value in self.val_bests.items()})
         if self.stopped_early_at is not None:
             summary["stopped_early_at_epoch"] = self.stopped_early_at
         if self.ema is not None:
@@ -663,6 +679,7 @@ class Trainer:
                             split_size, self.cfg.trainer.limit_batches)
             log.info("test (best checkpoint, epoch %d): test_mean_iou %.4f  test_pixel_accuracy %.4f",
                      self.best_epoch, test["test_mean_iou"], test["test_pixel_accuracy"])
+        self.summary = summary
         if self.dist.is_main:
             write_text_atomic(self.trial.metrics_file, json.dumps(summary, indent=2, allow_nan=True))
 

@@ -1,0 +1,404 @@
+"""An Optuna search that many sweeper processes share, kept in storage that outlives them.
+
+``hparams_search=optuna`` runs this through the Hydra sweeper in
+``hydra_plugins/event_seg_sweeper`` (Hydra only loads sweepers from that namespace; the work is
+done here). Over current Optuna's ask/tell interface:
+
+- The study lives in storage: by default a SQLite file in the sweep folder
+  (``optuna.db``), or ``hydra.sweeper.storage``: any SQLAlchemy URL (``postgresql://...``), a
+  ``*.db`` path (SQLite), or any other path, which becomes Optuna's journal file (append-only,
+  for clusters with a shared file system and no database server).
+- Several sweeper processes with the same storage and ``study_name`` share the search: each
+  asks the storage for trials (numbered by the storage, so no trial is handed out twice), runs
+  them through its launcher and tells the results. ``n_trials`` is the size of the whole study,
+  not of one process's share.
+- A re-run of the sweep (same ``trial_timestamp``) loads the study instead of replaying the
+  sampler. A trial left ``RUNNING`` by a process that died is failed and queued again with
+  the same parameters, so its job resumes from its own checkpoint. A running trial is stale
+  when it was this sweep folder's (we hold the folder's lock, so its owner is gone), when its
+  process on this host is gone, or when its heartbeat (written every ``heartbeat_s``) is older
+  than ``stale_after_s``.
+- The sampler's seed is ``seed`` for the process that creates the study, so a one-process
+  search is reproducible; a process joining an existing study (a second worker, a resume) mixes
+  in its sweep folder and the study's size, so it does not repeat the creator's proposals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import ConfigError
+
+log = logging.getLogger("event_seg.sweep")
+
+SAMPLERS = ("tpe", "gp", "random", "cmaes", "qmc")
+DIRECTIONS = ("auto", "maximize", "minimize")
+DEFAULT_DB = "optuna.db"
+# Trial system attributes (storage-level: they work on every storage and survive a restart).
+OWNER = "event_seg:owner"          # "<host> <pid> <sweep folder>"
+HEARTBEAT = "event_seg:heartbeat"  # unix time of the owner's last sign of life
+REQUEUED = "event_seg:requeued"    # a stale trial that was queued again (not counted)
+JOB_DIR = "job_dir"                # user attribute: where the trial's job wrote
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings, checked before any job starts (launch.py calls check_settings)
+
+def check_settings(sweeper, optimized_metric: str) -> None:
+    """One line for each mistake a user can make in ``hydra.sweeper``."""
+    if sweeper.direction not in DIRECTIONS:
+        raise ConfigError(f"hydra.sweeper.direction={sweeper.direction!r} is not one of: "
+                          f"{', '.join(DIRECTIONS)}")
+    if sweeper.sampler not in SAMPLERS:
+        raise ConfigError(f"hydra.sweeper.sampler={sweeper.sampler!r} is not one of: "
+                          f"{', '.join(SAMPLERS)}")
+    for key in ("n_trials", "n_jobs", "heartbeat_s", "stale_after_s"):
+        if int(sweeper[key]) < 1:
+            raise ConfigError(f"hydra.sweeper.{key}={sweeper[key]} must be at least 1")
+    if sweeper.stale_after_s <= sweeper.heartbeat_s:
+        raise ConfigError(f"hydra.sweeper.stale_after_s={sweeper.stale_after_s} must exceed "
+                          f"heartbeat_s={sweeper.heartbeat_s} (a live trial beats every "
+                          f"heartbeat_s)")
+    search_space(dict(sweeper.params or {}), [])
+    if not sweeper.params:
+        raise ConfigError("hydra.sweeper.params is empty: name what to search, e.g. "
+                          "hydra.sweeper.params.optimizer.lr='tag(log, interval(1e-4, 1e-2))'")
+    direction(sweeper.direction, optimized_metric)
+
+
+def direction(setting: str, optimized_metric: str) -> str:
+    from .config import metric_direction
+
+    wanted = metric_direction(optimized_metric) if setting == "auto" else setting
+    if setting != "auto" and wanted != metric_direction(optimized_metric):
+        log.warning("hydra.sweeper.direction=%s for optimized_metric=%s, which is usually "
+                    "%sd", setting, optimized_metric, metric_direction(optimized_metric))
+    return wanted
+
+
+def search_space(params: Dict[str, Any], arguments: Sequence[str]):
+    """Optuna distributions for the swept keys and the fixed overrides, from Hydra's override
+    syntax: ``choice(a,b)`` or ``a,b`` (categorical), ``range(1,9)`` (integers, a step),
+    ``interval(lo,hi)`` (floats), ``tag(log, interval(lo,hi))`` (log scale). The command line's
+    values override ``hydra.sweeper.params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    lines = [f"{key}={value}" for key, value in params.items()]
+    lines += [a for a in arguments if not a.lstrip("+~").startswith("hydra.sweeper.")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except HydraException as e:
+        raise ConfigError(f"hydra.sweeper.params: {str(e).splitlines()[0]}") from None
+    space, fixed = {}, {}
+    for o in parsed:
+        key = o.get_key_element()
+        fixed.pop(key, None)
+        space.pop(key, None)
+        if not o.is_sweep_override():
+            fixed[key] = o.get_value_element_as_str()
+            continue
+        value = o.value()
+        if o.is_choice_sweep():
+            from hydra.core.override_parser.types import Transformer
+
+            space[key] = CategoricalDistribution(list(o.sweep_iterator(
+                transformer=Transformer.encode)))
+        elif o.is_range_sweep():
+            numbers = (value.start, value.stop, value.step)
+            if value.shuffle:
+                raise ConfigError(f"{key}: shuffle(range(...)) is a grid idea; use choice(...)")
+            if any(isinstance(n, float) for n in numbers):
+                # range's stop is exclusive, Optuna's high inclusive: the last value below stop.
+                last = value.start + math.floor((value.stop - value.start) / value.step - 1e-9) * value.step
+                space[key] = FloatDistribution(value.start, last, step=value.step)
+            else:
+                last = value.start + ((value.stop - value.start - 1) // value.step) * value.step
+                space[key] = IntDistribution(int(value.start), int(last), step=int(value.step))
+        elif o.is_interval_sweep():
+            log_scale = "log" in value.tags
+            if value.start >= value.end or (log_scale and value.start <= 0):
+                raise ConfigError(f"{key}: interval({value.start}, {value.end}) is empty"
+                                  + (" or not positive (log scale)" if log_scale else ""))
+            space[key] = FloatDistribution(float(value.start), float(value.end), log=log_scale)
+        else:
+            raise ConfigError(f"{key}={o.input_line.split('=', 1)[1]}: the Optuna search takes "
+                              "choice(...), range(...) or interval(...)")
+    return space, fixed
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage and study
+
+def storage_for(setting: Optional[str], sweep_dir: Path):
+    """An Optuna storage from ``hydra.sweeper.storage`` (see the module docstring)."""
+    import optuna
+
+    if not setting:
+        setting = str(sweep_dir / DEFAULT_DB)
+    if "://" in str(setting):
+        url = str(setting)
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    else:
+        path = Path(str(setting)).expanduser().absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix not in (".db", ".sqlite", ".sqlite3"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path))), str(path)
+        url = f"sqlite:///{path}"
+    try:
+        # SQLite: wait for a writer of another process instead of failing at once.
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine), url
+    except Exception as e:  # a missing driver, a refused connection, a corrupt file
+        raise ConfigError(f"hydra.sweeper.storage={setting}: cannot open it "
+                          f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def open_study(storage, name: str, wanted: str, seed: Optional[int], sampler_name: str,
+               sweep_dir: Path):
+    """Creates the study, or joins it. Returns (study, created)."""
+    import optuna
+
+    created = True
+    try:
+        optuna.create_study(storage=storage, study_name=name, direction=wanted)
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=name, storage=storage)
+    have = study.direction.name.lower()
+    if have != wanted:
+        raise ConfigError(f"study {name} in this storage {have}s; this sweep would {wanted} "
+                          f"(optimized_metric / hydra.sweeper.direction): use another "
+                          f"hydra.sweeper.study_name")
+    if seed is not None and not created:
+        seed = _mixed_seed(seed, str(sweep_dir), len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(sampler_name, seed)
+    return study, created
+
+
+def make_sampler(name: str, seed: Optional[int]):
+    import optuna
+
+    if name == "tpe":
+        # constant_liar: trials running in other jobs count as bad-ish, so parallel jobs
+        # spread out instead of proposing the same point.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    return optuna.samplers.QMCSampler(seed=seed)
+
+
+def _mixed_seed(seed: int, *parts) -> int:
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials that nobody runs any more
+
+def owner_tag(sweep_dir: Path) -> str:
+    return f"{socket.gethostname()} {os.getpid()} {sweep_dir}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(trial, sweep_dir: Path, stale_after_s: float, now: float) -> bool:
+    owner = str(trial.system_attrs.get(OWNER, ""))
+    host, _, rest = owner.partition(" ")
+    pid, _, folder = rest.partition(" ")
+    if folder == str(sweep_dir) and pid != str(os.getpid()):
+        return True  # our folder's lock is ours: whoever ran this trial from here is gone
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return True
+    beat = trial.system_attrs.get(HEARTBEAT)
+    last = float(beat) if beat is not None else (
+        trial.datetime_start.timestamp() if trial.datetime_start else now)
+    return now - last > stale_after_s
+
+
+def requeue_stale_trials(study, sweep_dir: Path, stale_after_s: float) -> List[int]:
+    """Fails each stale RUNNING trial and queues its parameters again. Returns their numbers."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage, done, now = study._storage, [], time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_stale(trial, sweep_dir, stale_after_s, now):
+            continue
+        try:
+            storage.set_trial_system_attr(trial._trial_id, REQUEUED, True)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # it finished, or another process failed it first
+        study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
+        done.append(trial.number)
+    if done:
+        log.warning("Trial(s) %s were left running by a process that is gone: failed and "
+                    "queued again with the same parameters (their jobs resume from their "
+                    "checkpoints)", ", ".join(map(str, done)))
+    return done
+
+
+def counted_trials(study) -> Tuple[int, int]:
+    """(trials that count toward n_trials, of which still waiting to be asked for)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counted = [t for t in trials if not (t.state == TrialState.FAIL
+                                         and t.system_attrs.get(REQUEUED))]
+    return len(counted), sum(t.state == TrialState.WAITING for t in counted)
+
+
+class Heartbeat:
+    """Writes the time into each trial this process runs, every ``interval`` seconds, so other
+    processes sharing the study can tell a live trial from one whose process died."""
+
+    def __init__(self, study, interval: float):
+        self.study, self.interval = study, interval
+        self.trial_ids: List[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in list(self.trial_ids):
+                try:
+                    self.study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+                except Exception:  # finished meanwhile, or the storage hiccuped: next beat
+                    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+class OptunaSearch:
+    """What the Hydra sweeper plugin runs: ask, launch, tell, until the study is full."""
+
+    def __init__(self, settings, config, launcher, sweep_dir: Path):
+        self.s, self.config, self.launcher = settings, config, launcher
+        self.sweep_dir = sweep_dir.absolute()
+        self.metric = str(config.optimized_metric)
+        self.direction = direction(settings.direction, self.metric)
+        self.job_idx = 0
+
+    def run(self, arguments: List[str]) -> None:
+        from optuna.trial import TrialState
+
+        space, fixed = search_space(dict(self.s.params or {}), arguments)
+        storage, where = storage_for(self.s.storage, self.sweep_dir)
+        seed = None if self.s.seed is None else int(self.s.seed)
+        study, created = open_study(storage, str(self.s.study_name), self.direction, seed,
+                                    self.s.sampler, self.sweep_dir)
+        before = len(study.get_trials(deepcopy=False))
+        log.info("Optuna study %s in %s: %s %s, %s sampler, %d of %d trials there already%s",
+                 study.study_name, where, self.direction, self.metric, self.s.sampler, before,
+                 self.s.n_trials, "" if created else " (joined)")
+        log.info("Other processes join this search with: hydra.sweeper.storage=%s "
+                 "hydra.sweeper.study_name=%s", where, study.study_name)
+        requeue_stale_trials(study, self.sweep_dir, self.s.stale_after_s)
+        fixed_overrides = [f"{k}={v}" for k, v in fixed.items()]
+        with Heartbeat(study, self.s.heartbeat_s) as heartbeat:
+            while True:
+                counted, waiting = counted_trials(study)
+                room = max(0, int(self.s.n_trials) - counted) + waiting
+                if room == 0:
+                    break
+                batch = self._ask(study, space, min(room, int(self.s.n_jobs)))
+                heartbeat.trial_ids = [t._trial_id for t in batch]
+                overrides = [fixed_overrides + [f"{k}={v}" for k, v in t.params.items()]
+                             for t in batch]
+                self.launcher.global_overrides = []
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                self.job_idx += len(batch)
+                for trial, job in zip(batch, returns):
+                    self._tell(study, trial, job)
+                heartbeat.trial_ids = []
+                requeue_stale_trials(study, self.sweep_dir, self.s.stale_after_s)
+        self._write_results(study, where)
+
+    def _ask(self, study, space, n: int):
+        batch = []
+        for _ in range(n):
+            trial = study.ask(space)
+            storage = study._storage
+            storage.set_trial_system_attr(trial._trial_id, OWNER, owner_tag(self.sweep_dir))
+            storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time())
+            batch.append(trial)
+        return batch
+
+    def _tell(self, study, trial, job) -> None:
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        value = None
+        if job.status == JobStatus.COMPLETED:
+            value = job.return_value
+        if job.working_dir:
+            trial.set_user_attr(JOB_DIR, str(job.working_dir))
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isfinite(number):
+            study.tell(trial, number)
+            log.info("Trial %d: %s %.4f", trial.number, self.metric, number)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("Trial %d failed (its job folder: %s)", trial.number, job.working_dir)
+
+    def _write_results(self, study, where: str) -> None:
+        import yaml
+        from optuna.trial import TrialState
+
+        from .engine.trial import write_text_atomic
+
+        trials = study.get_trials(deepcopy=False)
+        states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+        results: Dict[str, Any] = {
+            "study_name": study.study_name, "storage": where, "direction": self.direction,
+            "optimized_metric": self.metric,
+            "trials": {k: v for k, v in states.items() if v},
+        }
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if complete:
+            best = study.best_trial
+            results.update(best_value=float(best.value), best_params=dict(best.params),
+                           best_trial=best.number, best_job_dir=best.user_attrs.get(JOB_DIR))
+            log.info("Best of the study: trial %d, %s %.4f, %s", best.number, self.metric,
+                     best.value, " ".join(f"{k}={v}" for k, v in best.params.items()))
+        else:
+            log.warning("No trial of study %s has finished yet", study.study_name)
+        write_text_atomic(self.sweep_dir / "optimization_results.yaml",
+                          yaml.safe_dump(results, sort_keys=False))

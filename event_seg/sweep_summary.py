@@ -1,0 +1,200 @@
+"""Sweep results at a glance: each job records how it ended, the sweep lists them all.
+
+Every multirun job (grid, Optuna, joblib, submitit: whatever runs it) writes
+``<job>/job_status.json`` when it starts (``running``) and when it ends (``finished``,
+``skipped`` as already finished, ``failed`` with the first line of its error, ``interrupted``
+by a pre-emption). When the sweep command ends, however it ends, ``main()`` reads them all and
+writes ``summary.csv`` and ``summary.md`` beside the jobs, best first, failed jobs last, and
+prints the table. A job that left ``running`` behind died without a word (killed, out of
+memory): it is listed as failed.
+
+The records live in the job folders, so a job run by another process (joblib, a SLURM node)
+reports the same way, and a sweep re-run later lists the jobs of earlier runs too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+STATUS_FILE = "job_status.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+# Ranked best first; then these, in this order.
+ORDER = {"finished": 0, "skipped": 0, "interrupted": 1, "failed": 2}
+
+
+class JobStatus:
+    """The record of one multirun job, written where the job writes (its run folder)."""
+
+    def __init__(self, job_dir: Path, overrides: List[str], metric: str, direction: str):
+        self.path = Path(job_dir) / STATUS_FILE
+        self.started = time.time()
+        earlier = _read_json(self.path) or {}
+        # A job resumed by a re-run sweep adds this run's time to the time it had spent before.
+        self.earlier_wall_s = float(earlier.get("wall_time_s") or 0.0)
+        self.record = {"status": "running", "overrides": list(overrides), "metric": metric,
+                       "direction": direction, "host": socket.gethostname(), "pid": os.getpid(),
+                       "started_at": self.started, "wall_time_s": self.earlier_wall_s}
+        self._write()
+
+    def ended(self, status: str, value: Optional[float] = None, error: str = "") -> None:
+        spent = time.time() - self.started
+        self.record.update(status=status, value=value, error=first_line(error),
+                           ended_at=time.time(),
+                           # A skipped job spent nothing new: its time is the training's.
+                           wall_time_s=self.earlier_wall_s + (0.0 if status == "skipped" else spent))
+        self._write()
+
+    def _write(self) -> None:
+        from .engine.trial import write_text_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps(self.record, indent=2, allow_nan=True))
+
+
+def first_line(error: str) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+@dataclass
+class Row:
+    job: str
+    overrides: str
+    status: str
+    value: Optional[float]
+    best_val_mean_iou: Optional[float]
+    test_mean_iou: Optional[float]
+    epochs: str
+    wall_time_s: Optional[float]
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def collect(sweep_dir: Path) -> List[Row]:
+    """One row per job folder of the sweep that has a status record, sorted best first."""
+    rows, metric, direction = [], None, "maximize"
+    for status_file in sorted(Path(sweep_dir).glob(f"*/{STATUS_FILE}")):
+        job_dir = status_file.parent
+        record = _read_json(status_file)
+        if record is None:
+            rows.append(Row(job_dir.name, "", "failed", None, None, None, "", None,
+                            error=f"{status_file} is unreadable"))
+            continue
+        metric = record.get("metric") or metric
+        direction = record.get("direction") or direction
+        metrics = _read_json(job_dir / "metrics.json") or {}
+        status, error = record.get("status", "failed"), record.get("error", "")
+        if status == "running":
+            status, error = "failed", ("ended without a result (killed, out of memory, or its "
+                                       f"node went away); see {job_dir / 'train.log'}")
+        epochs = metrics.get("epochs")
+        stopped = metrics.get("stopped_early_at_epoch")
+        rows.append(Row(
+            job=job_dir.name, overrides=" ".join(record.get("overrides", [])), status=status,
+            value=_number(record.get("value")),
+            best_val_mean_iou=_number(metrics.get("best_val_mean_iou")),
+            test_mean_iou=_number(metrics.get("test_mean_iou")),
+            epochs=(f"{stopped}/{epochs}" if stopped else str(epochs)) if epochs else "",
+            wall_time_s=_number(record.get("wall_time_s")), error=error,
+            extra={"metric": record.get("metric")}))
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def rank(row: Row):
+        bad = row.value is None or ORDER.get(row.status, 2) > 0
+        return (ORDER.get(row.status, 2), bad, sign * row.value if not bad else 0.0, row.job)
+
+    return sorted(rows, key=rank)
+
+
+def write_summary(sweep_dir: Path) -> Optional[str]:
+    """Writes summary.csv and summary.md in the sweep folder; returns the table to print (None
+    when no job left a record: the sweep stopped before any job started)."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        return None
+    metric = next((r.extra.get("metric") for r in rows if r.extra.get("metric")),
+                  "best_val_mean_iou")
+    header = ["job", "overrides", "status", metric, "best_val_mean_iou", "test_mean_iou",
+              "epochs", "wall_time_s", "error"]
+    if metric == "best_val_mean_iou":
+        header.remove(metric)  # one column, not two
+        values = [[r.job, r.overrides, r.status, _fmt(r.best_val_mean_iou), _fmt(r.test_mean_iou),
+                   r.epochs, _fmt(r.wall_time_s, 1), r.error] for r in rows]
+    else:
+        values = [[r.job, r.overrides, r.status, _fmt(r.value), _fmt(r.best_val_mean_iou),
+                   _fmt(r.test_mean_iou), r.epochs, _fmt(r.wall_time_s, 1), r.error]
+                  for r in rows]
+    from .engine.trial import write_text_atomic
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(values)
+    write_text_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())
+    counts = {s: sum(r.status == s for r in rows) for s in ("finished", "skipped", "failed",
+                                                           "interrupted")}
+    said = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    md = [f"# Sweep {sweep_dir.name}", "", f"{len(rows)} jobs: {said}. Ranked by {metric}, "
+          "best first; failed jobs last.", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in values]
+    write_text_atomic(sweep_dir / SUMMARY_MD, "\n".join(md) + "\n")
+    return _console_table(header, values, f"Sweep {sweep_dir}: {len(rows)} jobs ({said})",
+                          sweep_dir)
+
+
+def failed_jobs(sweep_dir: Path) -> int:
+    return sum(r.status == "failed" for r in collect(Path(sweep_dir)))
+
+
+def _console_table(header, values, title, sweep_dir) -> str:
+    # The overrides are the job's name already: the console shows the name, the files both.
+    keep = [i for i, h in enumerate(header) if h != "overrides"]
+    cells = [[header[i] for i in keep]] + [[row[i] for i in keep] for row in values]
+    widths = [min(60, max(len(str(c[i])) for c in cells)) for i in range(len(keep))]
+    lines = [title]
+    for n, row in enumerate(cells):
+        lines.append("  ".join(_cut(str(v), w).ljust(w) for v, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(f"written: {sweep_dir / SUMMARY_CSV} and {SUMMARY_MD}")
+    return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _md_cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt(value: Optional[float], digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _number(value) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
