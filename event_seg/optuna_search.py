@@ -52,7 +52,7 @@ JOB_DIR = "job_dir"                # user attribute: where the trial's job wrote
 # ---------------------------------------------------------------------------------------------
 # Settings, checked before any job starts (launch.py calls check_settings)
 
-def check_settings(sweeper, optimized_metric: str) -> None:
+def check_settings(sweeper, optimized_metric: str, arguments: Sequence[str] = ()) -> None:
     """One line for each mistake a user can make in ``hydra.sweeper``."""
     if sweeper.direction not in DIRECTIONS:
         raise ConfigError(f"hydra.sweeper.direction={sweeper.direction!r} is not one of: "
@@ -67,8 +67,8 @@ def check_settings(sweeper, optimized_metric: str) -> None:
         raise ConfigError(f"hydra.sweeper.stale_after_s={sweeper.stale_after_s} must exceed "
                           f"heartbeat_s={sweeper.heartbeat_s} (a live trial beats every "
                           f"heartbeat_s)")
-    search_space(dict(sweeper.params or {}), [])
-    if not sweeper.params:
+    space, _ = search_space(dict(sweeper.params or {}), arguments)
+    if not space:
         raise ConfigError("hydra.sweeper.params is empty: name what to search, e.g. "
                           "hydra.sweeper.params.optimizer.lr='tag(log, interval(1e-4, 1e-2))'")
     direction(sweeper.direction, optimized_metric)
@@ -365,8 +365,9 @@ class OptunaSearch:
         value = None
         if job.status == JobStatus.COMPLETED:
             value = job.return_value
-        if job.working_dir:
-            trial.set_user_attr(JOB_DIR, str(job.working_dir))
+        job_dir = _job_dir(job)
+        if job_dir:
+            trial.set_user_attr(JOB_DIR, job_dir)
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -376,7 +377,7 @@ class OptunaSearch:
             log.info("Trial %d: %s %.4f", trial.number, self.metric, number)
         else:
             study.tell(trial, state=TrialState.FAIL)
-            log.warning("Trial %d failed (its job folder: %s)", trial.number, job.working_dir)
+            log.warning("Trial %d failed (its job folder: %s)", trial.number, job_dir)
 
     def _write_results(self, study, where: str) -> None:
         import yaml
@@ -385,7 +386,10 @@ class OptunaSearch:
         from .engine.trial import write_text_atomic
 
         trials = study.get_trials(deepcopy=False)
-        states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+        requeued = [t for t in trials if t.system_attrs.get(REQUEUED)]
+        states = {s.name.lower(): sum(t.state == s and t not in requeued for t in trials)
+                  for s in TrialState}
+        states["requeued"] = len(requeued)  # failed with their process, run again
         results: Dict[str, Any] = {
             "study_name": study.study_name, "storage": where, "direction": self.direction,
             "optimized_metric": self.metric,
@@ -402,3 +406,11 @@ class OptunaSearch:
             log.warning("No trial of study %s has finished yet", study.study_name)
         write_text_atomic(self.sweep_dir / "optimization_results.yaml",
                           yaml.safe_dump(results, sort_keys=False))
+
+
+def _job_dir(job) -> Optional[str]:
+    """The folder a launched job wrote to (its Hydra output dir; the working dir is the cwd)."""
+    try:
+        return str(job.hydra_cfg.hydra.runtime.output_dir)
+    except Exception:
+        return None

@@ -129,18 +129,23 @@ def write_summary(sweep_dir: Path) -> Optional[str]:
               "epochs", "wall_time_s", "error"]
     if metric == "best_val_mean_iou":
         header.remove(metric)  # one column, not two
-        values = [[r.job, r.overrides, r.status, _fmt(r.best_val_mean_iou), _fmt(r.test_mean_iou),
-                   r.epochs, _fmt(r.wall_time_s, 1), r.error] for r in rows]
-    else:
-        values = [[r.job, r.overrides, r.status, _fmt(r.value), _fmt(r.best_val_mean_iou),
-                   _fmt(r.test_mean_iou), r.epochs, _fmt(r.wall_time_s, 1), r.error]
-                  for r in rows]
+
+    def cells(r: Row, fmt) -> list:
+        scores = [r.best_val_mean_iou, r.test_mean_iou]
+        if metric != "best_val_mean_iou":
+            scores.insert(0, r.value)
+        return [r.job, r.overrides, r.status, *(fmt(v) for v in scores), r.epochs,
+                fmt(r.wall_time_s, 1), r.error]
+
+    # The CSV keeps full precision (it is data); the table and the console round.
+    exact = [cells(r, lambda v, digits=None: "" if v is None else repr(v)) for r in rows]
+    values = [cells(r, _fmt) for r in rows]
     from .engine.trial import write_text_atomic
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(values)
+    writer.writerows(exact)
     write_text_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "skipped", "failed",
                                                            "interrupted")}

@@ -301,8 +301,11 @@ def _run_sweep_job(cfg: DictConfig) -> float:
     _skipped = False
     hydra_cfg = HydraConfig.get()
     direction = _config.metric_direction(cfg.optimized_metric)
-    status = (JobStatus(Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task),
-                        cfg.optimized_metric, direction) if rank() == 0 else None)
+    # The overrides that set this job apart (what its folder is named by), not the sweep's own.
+    shared = set(hydra_cfg.job.config.override_dirname.exclude_keys or [])
+    own = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").split("=", 1)[0] not in shared]
+    status = (JobStatus(Path(hydra_cfg.runtime.output_dir), own, cfg.optimized_metric, direction)
+              if rank() == 0 else None)
     outcome, value, error = "failed", math.nan, ""
     try:
         value = run(cfg)

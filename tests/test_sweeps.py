@@ -122,31 +122,24 @@ def test_parallel_joblib_jobs_and_a_failing_job_does_not_stop_the_others(tmp_pat
     proc = run_sweep(tmp_path, cache, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                      "logger=none", "trainer.epochs=1", "model.encoder_name=nope,resnet18",
                      "trial_timestamp=par")
-    assert proc.returncode != 0  # the sweep reports that a job failed ...
+    assert proc.returncode == 1  # the sweep reports that a job failed ...
     sweep = tmp_path / "multirun" / "par"
     good = sweep / "model.encoder_name=resnet18"
     assert summary(good)["best_epoch"] == 1  # ... after the other one finished
     log = (sweep / "model.encoder_name=nope" / "train.log").read_text()
     assert "model.encoder_name=nope" in log and "Wrong encoder name" in log
     assert "Joblib" in proc.stdout + proc.stderr
-
-
-def test_optuna_search_writes_its_results(tmp_path, cache):
-    proc = run_sweep(tmp_path, cache, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                     "logger=none", "trainer.epochs=1", "trial_timestamp=opt", multirun=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    sweep = tmp_path / "multirun" / "opt"
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert len(jobs) == 2  # (two trials proposing the same point would share a folder)
-    for job in jobs:  # named by the sampled values alone, each within the search space
-        assert job.name.startswith("dataset.num_bins=") and "optimizer.weight_decay=" in job.name
-        config = yaml.safe_load((job / "config.yaml").read_text())
-        assert 1e-4 <= config["optimizer"]["lr"] <= 3e-3
-        assert config["dataset"]["num_bins"] in (3, 5, 10)
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best_value"] == max(summary(j)["best_val_mean_iou"] for j in jobs)
-    assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay",
-                                           "model.encoder_name", "dataset.num_bins"}
+    # The summary lists both, the failed one last with its error; no traceback on the console.
+    rows = read_summary(sweep)
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("model.encoder_name=resnet18", "finished"), ("model.encoder_name=nope", "failed")]
+    assert float(rows[0]["best_val_mean_iou"]) == summary(good)["best_val_mean_iou"]
+    assert float(rows[0]["wall_time_s"]) > 0 and rows[0]["epochs"] == "1"
+    assert "Wrong encoder name" in rows[1]["error"] and "\n" not in rows[1]["error"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "| model.encoder_name=nope | model.encoder_name=nope | failed |" in (
+        sweep / "summary.md").read_text()
+    assert "1 job(s) of the sweep failed" in proc.stderr
 
 
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, cache):
@@ -197,3 +190,209 @@ def test_wandb_sweep_agent_arguments_are_accepted(tmp_path, cache):
     assert run.run_id == "agentrun1"  # the agent's run, not one of our own
     assert run.config["optimizer"]["lr"] == 1e-4 and run.config["dataset"]["num_bins"] == 10
     assert run.summary["best_val_mean_iou"] == summary(run_dir)["best_val_mean_iou"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Optuna search: our sweeper over current Optuna, its study in persistent storage
+
+def optuna_cmd(out: Path, *overrides):
+    return train_cmd(out, "hparams_search=optuna", "logger=none", "trainer.epochs=1",
+                     *overrides, multirun=False)
+
+
+def load_study(storage: str, name: str):
+    import optuna
+
+    if "://" not in storage:
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def read_summary(sweep: Path) -> list:
+    import csv
+
+    with open(sweep / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_optuna_search_keeps_its_study_ranks_jobs_and_opens_in_the_dashboard(tmp_path, cache):
+    """A loss as the optimised metric (direction from its name), the study in the sweep folder's
+    SQLite file, the results and summary files, and optuna-dashboard serving the study."""
+    proc = subprocess.run(optuna_cmd(tmp_path, "hydra.sweeper.n_trials=3",
+                                     "optimized_metric=best_val_loss", "trial_timestamp=opt"),
+                          cwd=REPO, env=sweep_env(cache), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = tmp_path / "multirun" / "opt"
+    study = load_study(f"sqlite:///{sweep / 'optuna.db'}", "event_seg_opt")
+    assert study.direction.name == "MINIMIZE"
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    for trial in done:  # each value is its job's best_val_loss, each job within the space
+        job = Path(trial.user_attrs["job_dir"])
+        assert trial.value == summary(job)["best_val_loss"]
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        assert 1e-4 <= config["optimizer"]["lr"] <= 3e-3
+        assert config["dataset"]["num_bins"] in (3, 5, 10)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == min(t.value for t in done)
+    assert results["direction"] == "minimize" and results["trials"]["complete"] == 3
+    rows = read_summary(sweep)
+    assert [float(r["best_val_loss"]) for r in rows] == sorted(t.value for t in done)
+    assert {r["status"] for r in rows} == {"finished"}
+    assert "optimizer.lr=" in rows[0]["overrides"] and rows[0]["epochs"] == "1"
+    assert (sweep / "summary.md").read_text().count("| finished |") == 3
+    assert f"Sweep {sweep}: 3 jobs (3 finished)" in proc.stdout
+
+    # optuna-dashboard, as the docs say to start it, shows the study.
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"), f"sqlite:///{sweep / 'optuna.db'}",
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, body = time.time() + 60, None
+        while body is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard did not answer"
+        [shown] = body["study_summaries"]
+        assert shown["study_name"] == "event_seg_opt"
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+
+
+def test_two_sweeper_processes_share_one_study_in_a_journal_file(tmp_path, cache):
+    journal = tmp_path / "shared" / "study.log"
+    shared = ["hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={journal}",
+              "hydra.sweeper.study_name=shared"]
+    procs = [subprocess.Popen(optuna_cmd(tmp_path, *shared, f"trial_timestamp=w{i}"), cwd=REPO,
+                              env=sweep_env(cache), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    study = load_study(str(journal), "shared")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]  # no trial handed out twice
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    folders = {Path(t.user_attrs["job_dir"]).parent.name for t in study.trials}
+    assert folders == {"w1", "w2"}  # both processes ran trials of the one study
+    for name in ("w1", "w2"):  # each process's summary lists its own jobs
+        rows = read_summary(tmp_path / "multirun" / name)
+        ran = [t for t in study.trials if Path(t.user_attrs["job_dir"]).parent.name == name]
+        assert len(rows) == len({t.user_attrs["job_dir"] for t in ran})
+
+
+def test_a_killed_optuna_sweep_resumes_its_study_without_repeating_trials(tmp_path, cache):
+    cmd = optuna_cmd(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=2",
+                     "trial_timestamp=kill")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=sweep_env(cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, deadline = [], time.time() + 400
+    for line in proc.stdout:
+        lines.append(line)
+        if any("Trial 0:" in l for l in lines) and "epoch 1/2" in line:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, during trial 1's 2nd epoch
+            break
+        assert time.time() < deadline, "".join(lines)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    sweep = tmp_path / "multirun" / "kill"
+    study = load_study(f"sqlite:///{sweep / 'optuna.db'}", "event_seg_kill")
+    [first] = [t for t in study.trials if t.state.name == "COMPLETE"]
+    [interrupted] = [t for t in study.trials if t.state.name == "RUNNING"]
+    first_status = (Path(first.user_attrs["job_dir"]) / "job_status.json").read_text()
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=sweep_env(cache), capture_output=True, text=True,
+                           timeout=600)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output
+    assert f"Trial(s) {interrupted.number} were left running" in output
+    assert "Resumed from" in output and "at epoch 1" in output  # its job went on from epoch 1
+    study = load_study(f"sqlite:///{sweep / 'optuna.db'}", "event_seg_kill")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states.count("RUNNING") == 0
+    assert study.trials[interrupted.number].state.name == "FAIL"
+    retried = [t for t in study.trials if t.user_attrs.get("requeued_from") == interrupted.number]
+    assert len(retried) == 1 and retried[0].params == interrupted.params
+    # The trial that had finished was neither asked for again nor retrained.
+    assert sum(t.params == first.params for t in study.trials) == 1
+    assert (Path(first.user_attrs["job_dir"]) / "job_status.json").read_text() == first_status
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 3, "requeued": 1}
+
+
+def test_optuna_settings_and_search_space_mistakes_are_one_line(tmp_path, cache):
+    for override, message in [
+        ("hydra.sweeper.sampler=tpee", "hydra.sweeper.sampler='tpee' is not one of: tpe, gp"),
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be at least 1"),
+        ("optimizer.lr=interval(0.1,0.01)", "optimizer.lr: interval(0.1, 0.01) is empty"),
+        ("hydra.sweeper.params.optimizer.lr=interval(0.1,0.2)",
+         "a search space goes in quotes, 'hydra.sweeper.params.optimizer.lr=\"interval(0.1,0.2)\"'"),
+        ("optimized_metric=val_iou", "optimized_metric='val_iou' is not a metric a run reports"),
+    ]:
+        proc = subprocess.run(optuna_cmd(tmp_path, override), cwd=REPO, env=sweep_env(cache),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == f"error: {proc.stderr.strip()[7:]}"  # one line
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").iterdir())
+
+
+def test_search_space_from_hydra_override_syntax():
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    from event_seg.optuna_search import search_space
+
+    space, fixed = search_space(
+        {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "model.encoder_name": "resnet18,resnet34",
+         "dataset.num_bins": "range(2, 11, 4)", "trainer.epochs": "3"},
+        ["dataset.num_bins=choice(3,5)", "seed=7"])
+    assert space["optimizer.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert space["model.encoder_name"] == CategoricalDistribution(["resnet18", "resnet34"])
+    assert space["dataset.num_bins"] == CategoricalDistribution([3, 5])  # the command line wins
+    assert fixed == {"trainer.epochs": "3", "seed": "7"}
+    space, _ = search_space({"dataset.num_bins": "range(2, 11, 4)",
+                             "loss.focal_gamma": "range(0.5, 2.0, 0.5)"}, [])
+    assert space["dataset.num_bins"] == IntDistribution(2, 10, step=4)  # stop is exclusive
+    assert space["loss.focal_gamma"] == FloatDistribution(0.5, 1.5, step=0.5)
+
+
+def test_a_running_trial_is_stale_only_when_its_owner_is_gone(tmp_path):
+    import optuna
+
+    from event_seg import optuna_search as search
+
+    study = optuna.create_study(direction="maximize")  # Optuna's own in-memory storage
+    ours, other_host, silent, dead = (study.ask() for _ in range(4))
+    storage, now = study._storage, time.time()
+    storage.set_trial_system_attr(ours._trial_id, search.OWNER, f"h 1 {tmp_path}")
+    storage.set_trial_system_attr(ours._trial_id, search.HEARTBEAT, now)
+    for trial, beat in ((other_host, now - 30), (silent, now - 3600)):
+        storage.set_trial_system_attr(trial._trial_id, search.OWNER, "elsewhere 12 /x")
+        storage.set_trial_system_attr(trial._trial_id, search.HEARTBEAT, beat)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    import socket
+
+    storage.set_trial_system_attr(dead._trial_id, search.OWNER,
+                                  f"{socket.gethostname()} {gone.pid} /y")
+    storage.set_trial_system_attr(dead._trial_id, search.HEARTBEAT, now)
+    requeued = search.requeue_stale_trials(study, tmp_path, stale_after_s=600)
+    # our folder's trial (its owner cannot be alive: we hold the folder), the silent one, and
+    # the one whose process on this host has exited; not the live one on another host.
+    assert sorted(requeued) == sorted([ours.number, silent.number, dead.number])
+    assert search.counted_trials(study) == (4, 3)  # 1 running + 3 waiting; failures not counted
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["requeued_from"] for t in waiting) == sorted(requeued)

@@ -309,6 +309,11 @@ def write_synthetic(out: Path, params: dict, splits: dict, progress: bool = True
             for split in ("train", "val", "test") for k in range(params[f"{split}_sequences"])]
     exposures = {}
     workers = min(len(jobs), os.cpu_count() or 1, 8)
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn",
+                                                                 "forkserver"):
+        # Inside a joblib (loky) worker: a spawned child would be told to use the 'loky'
+        # start method, which it cannot find, and die. Render here instead.
+        workers = 1
     bar = tqdm(total=len(jobs), desc="synthetic scenes", unit="seq", disable=not progress)
     if workers <= 1:
         for job in jobs:
