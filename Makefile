@@ -1,7 +1,7 @@
 # The whole set-up: `make train` or `make test` on a fresh machine creates .venv and installs
 # everything on first use. torch is pinned here only (pyproject keeps open ranges for GPU users).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed

@@ -210,7 +210,8 @@ def main() -> None:
         code = stop.code if isinstance(stop.code, int) else 1
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code or summarize_sweep(sweep_dir))
+    failed = summarize_sweep(sweep_dir)  # however the sweep ended: it lists what it did
+    sys.exit(code or failed)
 
 
 def summarize_sweep(sweep_dir: str) -> int:

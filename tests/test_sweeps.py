@@ -78,6 +78,7 @@ def test_grid_sweep_jobs_runs_and_a_rerun_with_one_more_value_skips_and_resumes(
         assert time.time() < deadline, "".join(lines)
     lines += proc.stdout.readlines()
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)
+    assert "3 jobs (2 finished, 1 interrupted)" in "".join(lines)  # the summary, even so
 
     sweep = tmp_path / "multirun" / "grid"
     unet_1e3, unet_3e4, fpn_1e3, fpn_3e4 = names = [
@@ -96,6 +97,14 @@ def test_grid_sweep_jobs_runs_and_a_rerun_with_one_more_value_skips_and_resumes(
     assert rerun.returncode == 0, output
     assert output.count("already finished 2 epochs") == 2  # the unet jobs are not trained again
     assert f"Resumed from {sweep / fpn_1e3 / 'checkpoints' / 'last.pt'} at epoch 1" in output
+    # The summary lists every job of the sweep, with how this run treated it.
+    rows = read_summary(sweep)
+    assert {r["job"]: r["status"] for r in rows} == {
+        unet_1e3: "skipped", unet_3e4: "skipped", fpn_1e3: "finished", fpn_3e4: "finished",
+        "model=unet,optimizer.lr=0.01": "finished", "model=fpn,optimizer.lr=0.01": "finished"}
+    scores = [float(r["best_val_mean_iou"]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and {r["epochs"] for r in rows} == {"2"}
+    assert "Sweep " in rerun.stdout and "6 jobs (4 finished, 2 skipped)" in rerun.stdout
     names += ["model=unet,optimizer.lr=0.01", "model=fpn,optimizer.lr=0.01"]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(names)
 
@@ -152,6 +161,9 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, cach
         assert summary(sweep / name)["best_epoch"] == 1
         assert list((sweep / name / "tensorboard").glob("events.out.tfevents.*"))
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # submitit ran them, not us
+    # Each job recorded how it ended in its own process; the sweep's summary lists both.
+    assert sorted((r["job"], r["status"]) for r in read_summary(sweep)) == [
+        ("optimizer.lr=0.0003", "finished"), ("optimizer.lr=0.001", "finished")]
 
 
 def agent_command(sweep_config: dict, values: dict) -> list:

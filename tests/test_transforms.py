@@ -136,3 +136,27 @@ def test_moves_on_a_wide_frame_keep_every_coordinate():
     keep = flipped < 10000
     assert out["x"].tolist() == flipped[keep].tolist() == [9999, 4999, 0]
     assert out["t"].tolist() == [2, 3, 4]
+
+
+def test_albumentations_is_not_asked_to_look_for_updates_unless_the_user_wants_it():
+    """Without internet (cluster nodes) albumentations' version check warns at every import."""
+    import os
+    import subprocess
+    import sys
+
+    # Every HTTP request is recorded and refused, as on a node without internet.
+    probe = ("import os, urllib.request as u\n"
+             "calls = []\n"
+             "def refuse(self, *a, **k):\n"
+             "    calls.append(a)\n"
+             "    raise OSError('offline')\n"
+             "u.OpenerDirector.open = refuse\n"
+             "import event_seg.train, albumentations\n"
+             "print(os.environ['NO_ALBUMENTATIONS_UPDATE'], len(calls))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    ours = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert ours.stdout.split() == ["1", "0"], ours.stderr
+    assert "Error fetching version info" not in ours.stderr
+    theirs = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env={**env, "NO_ALBUMENTATIONS_UPDATE": "0"})
+    assert theirs.stdout.split() == ["0", "1"], theirs.stderr  # the user's own setting wins
