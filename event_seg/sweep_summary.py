@@ -163,11 +163,33 @@ def failed_jobs(sweep_dir: Path) -> int:
     return sum(r.status == "failed" for r in collect(Path(sweep_dir)))
 
 
+def short_overrides(overrides: str) -> str:
+    """``optimizer.lr=0.00190303683817358 model.encoder_name=resnet18`` as
+    ``lr=0.0019 encoder_name=resnet18``: what a person scans for in a table (the files keep
+    the exact values). A key keeps its full path where its last part is not unique."""
+    pairs = [o.split("=", 1) for o in overrides.split(" ") if "=" in o]
+    last = [k.rsplit(".", 1)[-1] for k, _ in pairs]
+    out = []
+    for (key, value), tail in zip(pairs, last):
+        try:
+            number = float(value)
+            if "." in value or "e" in value.lower():
+                value = f"{number:.3g}"
+        except ValueError:
+            pass
+        out.append(f"{tail if last.count(tail) == 1 else key}={value}")
+    return " ".join(out)
+
+
 def _console_table(header, values, title, sweep_dir) -> str:
-    # The overrides are the job's name already: the console shows the name, the files both.
-    keep = [i for i, h in enumerate(header) if h != "overrides"]
-    cells = [[header[i] for i in keep]] + [[row[i] for i in keep] for row in values]
-    widths = [min(60, max(len(str(c[i])) for c in cells)) for i in range(len(keep))]
+    # The console names each job by its overrides, shortened; the files keep both in full.
+    at = header.index("overrides")
+    values = [[short_overrides(row[at]) or row[0], *row[1:at], *row[at + 1:]] for row in values]
+    header = ["job", *header[1:at], *header[at + 1:]]
+    keep = list(range(len(header)))
+    cells = [header] + values
+    widths = [min(80 if i == 0 else 60, max(len(str(c[i])) for c in cells))
+              for i in range(len(keep))]
     lines = [title]
     for n, row in enumerate(cells):
         lines.append("  ".join(_cut(str(v), w).ljust(w) for v, w in zip(row, widths)).rstrip())

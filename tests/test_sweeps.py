@@ -408,3 +408,35 @@ def test_a_running_trial_is_stale_only_when_its_owner_is_gone(tmp_path):
     assert search.counted_trials(study) == (4, 3)  # 1 running + 3 waiting; failures not counted
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert sorted(t.user_attrs["requeued_from"] for t in waiting) == sorted(requeued)
+
+
+def test_summary_ranks_jobs_by_the_metric_and_lists_dead_and_failed_jobs_last(tmp_path):
+    from event_seg.sweep_summary import JobStatus, short_overrides, write_summary
+
+    def job(name, status, value=None, error="", metrics=None):
+        folder = tmp_path / name
+        record = JobStatus(folder, [f"optimizer.lr={name}", "model=fpn"], "best_val_loss",
+                           "minimize")
+        if metrics is not None:
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+        if status != "running":  # "running": the process died before it could say more
+            record.ended(status, value, error)
+
+    job("0.1", "finished", 0.9, metrics={"best_val_loss": 0.9, "best_val_mean_iou": 0.2,
+                                         "epochs": 3})
+    job("0.01", "skipped", 0.4, metrics={"best_val_loss": 0.4, "best_val_mean_iou": 0.5,
+                                         "epochs": 3, "stopped_early_at_epoch": 2})
+    job("0.5", "failed", error="ValueError: loss is nan\nTraceback ...")
+    job("0.3", "running")
+    (tmp_path / "not_a_job").mkdir()  # other folders of the sweep are no jobs
+    table = write_summary(tmp_path)
+    rows = read_summary(tmp_path)
+    assert [r["job"] for r in rows] == ["0.01", "0.1", "0.3", "0.5"]  # lowest loss first
+    assert [r["status"] for r in rows] == ["skipped", "finished", "failed", "failed"]
+    assert rows[0]["best_val_loss"] == "0.4" and rows[0]["epochs"] == "2/3"  # stopped early
+    assert rows[2]["error"].startswith("ended without a result (killed")
+    assert rows[3]["error"] == "ValueError: loss is nan"
+    assert "4 jobs (1 finished, 1 skipped, 2 failed)" in table
+    assert "lr=0.01 model=fpn" in table  # the console's short names
+    assert short_overrides("optimizer.lr=0.00190303683817358 a.x=1 b.x=2e-05") == \
+        "lr=0.0019 a.x=1 b.x=2e-05"
