@@ -516,6 +516,10 @@ def validate(cfg: DictConfig) -> None:
     _validate_loss(cfg.loss, len(cfg.dataset.class_names))
     _validate_training_extras(cfg.trainer)
     check_optimized_metric(cfg.optimized_metric, list(cfg.dataset.class_names))
+    splits = cfg.dataset.get("splits") or {}
+    if cfg.optimized_metric.startswith("test_") and splits and "test" not in splits:
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric} needs a test split, and "
+                          f"dataset.splits has none; optimise a best_val_* metric")
     _validate_evaluation(cfg.evaluate)
     if cfg.model.arch in NEEDS_TWO_SAMPLES and cfg.trainer.batch_size < 2:
         raise ConfigError(f"model.arch={cfg.model.arch} normalises pooled features over the batch "

@@ -78,14 +78,19 @@ def _compose_and_check(argv: List[str], config_dir: str):
 
     overrides = [a for a in overrides_of(argv) if a.lstrip("+~").split("=", 1)[0] != KEY]
     parsed = OverridesParser.create().parse_overrides(overrides)
+    old_sampler = [o.key_or_group for o in parsed if o.key_or_group.startswith("hydra.sweeper.sampler.")
+                   or o.key_or_group.startswith("hydra/sweeper/sampler")]
+    if old_sampler:  # hydra-optuna-sweeper's settings, which our sweeper replaced
+        raise ConfigError(f"{old_sampler[0]}: hydra.sweeper.sampler is a name now "
+                          f"(tpe | gp | random | cmaes | qmc) and its seed is hydra.sweeper.seed")
     if is_sweep(argv):
         for o in parsed:
             if o.is_sweep_override() and o.key_or_group.startswith("hydra."):
                 value = o.input_line.split("=", 1)[1]
+                key = o.key_or_group.rsplit("params.", 1)[-1]
                 raise ConfigError(
-                    f"{o.key_or_group}={value} sweeps a setting of Hydra's own; a search space "
-                    f"goes in quotes, '{o.key_or_group}=\"{value}\"', or on the command line "
-                    f"as {o.key_or_group.rsplit('params.', 1)[-1]}={value}")
+                    f"{o.key_or_group}={value} sweeps a setting of Hydra's own; give the search "
+                    f"space on the command line as '{key}={value}' (it joins hydra.sweeper.params)")
         _check_swept_options(parsed, config_dir)
         overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
@@ -95,8 +100,7 @@ def _compose_and_check(argv: List[str], config_dir: str):
     if str(cfg.hydra.sweeper.get("_target_", "")).startswith("hydra_plugins.event_seg_sweeper"):
         from .optuna_search import check_settings
 
-        check_settings(cfg.hydra.sweeper, cfg.optimized_metric,
-                       [o.input_line for o in parsed if o.is_sweep_override()])
+        check_settings(cfg.hydra.sweeper, cfg.optimized_metric, [o.input_line for o in parsed])
     if is_sweep(argv):
         _check_swept_values(parsed, cfg, config_dir)
     if not run_folder_pattern(cfg, is_sweep(argv)).strip():

@@ -47,6 +47,7 @@ OWNER = "event_seg:owner"          # "<host> <pid> <sweep folder>"
 HEARTBEAT = "event_seg:heartbeat"  # unix time of the owner's last sign of life
 REQUEUED = "event_seg:requeued"    # a stale trial that was queued again (not counted)
 JOB_DIR = "job_dir"                # user attribute: where the trial's job wrote
+METRIC = "optimized_metric"        # study user attribute: what its values are
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,22 +64,27 @@ def check_settings(sweeper, optimized_metric: str, arguments: Sequence[str] = ()
     for key in ("n_trials", "n_jobs", "heartbeat_s", "stale_after_s"):
         if int(sweeper[key]) < 1:
             raise ConfigError(f"hydra.sweeper.{key}={sweeper[key]} must be at least 1")
+    storage = sweeper.storage
+    if storage and "://" not in str(storage) and (str(storage).endswith("/")
+                                                 or Path(str(storage)).expanduser().is_dir()):
+        raise ConfigError(f"hydra.sweeper.storage={storage} is a folder; name a file in it "
+                          f"(study.db for SQLite, study.log for a journal)")
     if sweeper.stale_after_s <= sweeper.heartbeat_s:
         raise ConfigError(f"hydra.sweeper.stale_after_s={sweeper.stale_after_s} must exceed "
                           f"heartbeat_s={sweeper.heartbeat_s} (a live trial beats every "
                           f"heartbeat_s)")
     space, _ = search_space(dict(sweeper.params or {}), arguments)
     if not space:
-        raise ConfigError("hydra.sweeper.params is empty: name what to search, e.g. "
-                          "hydra.sweeper.params.optimizer.lr='tag(log, interval(1e-4, 1e-2))'")
-    direction(sweeper.direction, optimized_metric)
+        raise ConfigError("nothing is left to search: every key of hydra.sweeper.params is fixed "
+                          "on the command line (or there are none); search one with e.g. "
+                          "'optimizer.lr=tag(log, interval(1e-4, 1e-2))'")
 
 
-def direction(setting: str, optimized_metric: str) -> str:
+def direction(setting: str, optimized_metric: str, warn: bool = True) -> str:
     from .config import metric_direction
 
     wanted = metric_direction(optimized_metric) if setting == "auto" else setting
-    if setting != "auto" and wanted != metric_direction(optimized_metric):
+    if warn and setting != "auto" and wanted != metric_direction(optimized_metric):
         log.warning("hydra.sweeper.direction=%s for optimized_metric=%s, which is usually "
                     "%sd", setting, optimized_metric, metric_direction(optimized_metric))
     return wanted
@@ -93,7 +99,7 @@ def search_space(params: Dict[str, Any], arguments: Sequence[str]):
     from hydra.errors import HydraException
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    lines = [f"{key}={value}" for key, value in params.items()]
+    lines = [f"{key}={value}" for key, value in _flat(params).items()]
     lines += [a for a in arguments if not a.lstrip("+~").startswith("hydra.sweeper.")]
     try:
         parsed = OverridesParser.create().parse_overrides(lines)
@@ -105,7 +111,7 @@ def search_space(params: Dict[str, Any], arguments: Sequence[str]):
         fixed.pop(key, None)
         space.pop(key, None)
         if not o.is_sweep_override():
-            fixed[key] = o.get_value_element_as_str()
+            fixed[key] = o.input_line  # as typed: keeps a `+` (add) or `~` (delete)
             continue
         value = o.value()
         if o.is_choice_sweep():
@@ -136,6 +142,18 @@ def search_space(params: Dict[str, Any], arguments: Sequence[str]):
     return space, fixed
 
 
+def _flat(params: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{optimizer: {lr: ...}}`` (a nested YAML block) as ``{"optimizer.lr": ...}``."""
+    out: Dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) or (hasattr(value, "items") and not isinstance(value, str)):
+            out.update(_flat(dict(value), name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Storage and study
 
@@ -145,30 +163,47 @@ def storage_for(setting: Optional[str], sweep_dir: Path):
 
     if not setting:
         setting = str(sweep_dir / DEFAULT_DB)
-    if "://" in str(setting):
+    try:
+        return _open_storage(str(setting))
+    except ConfigError:
+        raise
+    except Exception as e:  # a missing driver, a refused connection, a corrupt file, a folder
+        raise ConfigError(f"hydra.sweeper.storage={setting}: cannot open it as an Optuna "
+                          f"storage ({type(e).__name__}: {_first(e)})") from None
+
+
+def _first(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
+
+
+def _open_storage(setting: str):
+    import optuna
+
+    if "://" in setting:
         url = str(setting)
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     else:
-        path = Path(str(setting)).expanduser().absolute()
+        path = Path(setting).expanduser().absolute()
+        if setting.endswith("/") or path.is_dir():
+            raise ConfigError(f"hydra.sweeper.storage={setting} is a folder; name a file in it "
+                              f"(study.db for SQLite, study.log for a journal)")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix not in (".db", ".sqlite", ".sqlite3"):
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(str(path))), str(path)
         url = f"sqlite:///{path}"
-    try:
-        # SQLite: wait for a writer of another process instead of failing at once.
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine), url
-    except Exception as e:  # a missing driver, a refused connection, a corrupt file
-        raise ConfigError(f"hydra.sweeper.storage={setting}: cannot open it "
-                          f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    # SQLite: wait for a writer of another process instead of failing at once.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine), url
 
 
-def open_study(storage, name: str, wanted: str, seed: Optional[int], sampler_name: str,
-               sweep_dir: Path):
-    """Creates the study, or joins it. Returns (study, created)."""
+def open_study(storage, name: str, wanted: str, metric: str, seed: Optional[int],
+               sampler_name: str, sweep_dir: Path):
+    """Creates the study, or joins it. Returns (study, created). A study optimises one metric
+    in one direction: joining it with another is refused (its values would not compare)."""
     import optuna
 
     created = True
@@ -178,10 +213,13 @@ def open_study(storage, name: str, wanted: str, seed: Optional[int], sampler_nam
         created = False
     study = optuna.load_study(study_name=name, storage=storage)
     have = study.direction.name.lower()
-    if have != wanted:
-        raise ConfigError(f"study {name} in this storage {have}s; this sweep would {wanted} "
-                          f"(optimized_metric / hydra.sweeper.direction): use another "
-                          f"hydra.sweeper.study_name")
+    had = study.user_attrs.get(METRIC)
+    if have != wanted or (had is not None and had != metric):
+        raise ConfigError(f"study {name} {have}s {had or 'its metric'}; this sweep would "
+                          f"{wanted} {metric} (optimized_metric, hydra.sweeper.direction): "
+                          f"keep those, or start another study (hydra.sweeper.study_name)")
+    if had is None:
+        study.set_user_attr(METRIC, metric)
     if seed is not None and not created:
         seed = _mixed_seed(seed, str(sweep_dir), len(study.get_trials(deepcopy=False)))
     study.sampler = make_sampler(sampler_name, seed)
@@ -242,12 +280,23 @@ def is_stale(trial, sweep_dir: Path, stale_after_s: float, now: float) -> bool:
 
 def requeue_stale_trials(study, sweep_dir: Path, stale_after_s: float) -> List[int]:
     """Fails each stale RUNNING trial and queues its parameters again. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    now = time.time()
+    stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if is_stale(t, sweep_dir, stale_after_s, now)]
+    return requeue(study, stale, "left running by a process that is gone")
+
+
+def requeue(study, numbers: List[int], why: str) -> List[int]:
+    """Fails these trials, where still running, and queues their parameters again."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    storage, done, now = study._storage, [], time.time()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_stale(trial, sweep_dir, stale_after_s, now):
+    storage, done = study._storage, []
+    trials = study.get_trials(deepcopy=False)
+    for trial in (trials[n] for n in numbers):
+        if trial.state != TrialState.RUNNING:
             continue
         try:
             storage.set_trial_system_attr(trial._trial_id, REQUEUED, True)
@@ -257,9 +306,9 @@ def requeue_stale_trials(study, sweep_dir: Path, stale_after_s: float) -> List[i
         study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
         done.append(trial.number)
     if done:
-        log.warning("Trial(s) %s were left running by a process that is gone: failed and "
-                    "queued again with the same parameters (their jobs resume from their "
-                    "checkpoints)", ", ".join(map(str, done)))
+        log.warning("Trial(s) %s %s: failed and queued again with the same parameters (a "
+                    "job that finds its folder's last.pt resumes from it)",
+                    ", ".join(map(str, done)), why)
     return done
 
 
@@ -310,7 +359,7 @@ class OptunaSearch:
         self.s, self.config, self.launcher = settings, config, launcher
         self.sweep_dir = sweep_dir.absolute()
         self.metric = str(config.optimized_metric)
-        self.direction = direction(settings.direction, self.metric)
+        self.direction = direction(settings.direction, self.metric, warn=False)
         self.job_idx = 0
 
     def run(self, arguments: List[str]) -> None:
@@ -319,16 +368,16 @@ class OptunaSearch:
         space, fixed = search_space(dict(self.s.params or {}), arguments)
         storage, where = storage_for(self.s.storage, self.sweep_dir)
         seed = None if self.s.seed is None else int(self.s.seed)
-        study, created = open_study(storage, str(self.s.study_name), self.direction, seed,
-                                    self.s.sampler, self.sweep_dir)
-        before = len(study.get_trials(deepcopy=False))
+        study, created = open_study(storage, str(self.s.study_name), self.direction, self.metric,
+                                    seed, self.s.sampler, self.sweep_dir)
+        before, _ = counted_trials(study)
         log.info("Optuna study %s in %s: %s %s, %s sampler, %d of %d trials there already%s",
                  study.study_name, where, self.direction, self.metric, self.s.sampler, before,
                  self.s.n_trials, "" if created else " (joined)")
         log.info("Other processes join this search with: hydra.sweeper.storage=%s "
                  "hydra.sweeper.study_name=%s", where, study.study_name)
         requeue_stale_trials(study, self.sweep_dir, self.s.stale_after_s)
-        fixed_overrides = [f"{k}={v}" for k, v in fixed.items()]
+        fixed_overrides = list(fixed.values())
         with Heartbeat(study, self.s.heartbeat_s) as heartbeat:
             while True:
                 counted, waiting = counted_trials(study)
@@ -337,13 +386,26 @@ class OptunaSearch:
                     break
                 batch = self._ask(study, space, min(room, int(self.s.n_jobs)))
                 heartbeat.trial_ids = [t._trial_id for t in batch]
+                # Trials with the same parameters share a job folder: one job runs, its twins
+                # are told its result (two jobs at once in one folder would collide).
+                first: Dict[tuple, Any] = {}
+                for trial in batch:
+                    first.setdefault(tuple(sorted(trial.params.items())), trial)
+                launched = list(first.values())
                 overrides = [fixed_overrides + [f"{k}={v}" for k, v in t.params.items()]
-                             for t in batch]
-                self.launcher.global_overrides = []
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-                self.job_idx += len(batch)
-                for trial, job in zip(batch, returns):
-                    self._tell(study, trial, job)
+                             for t in launched]
+                try:
+                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                except BaseException:
+                    # Stopped (Ctrl-C, SIGTERM): hand the batch back now, not after
+                    # stale_after_s, so the other processes can run it.
+                    requeue(study, [t.number for t in batch], "the sweep was stopped")
+                    raise
+                self.job_idx += len(launched)
+                jobs = dict(zip((t.number for t in launched), returns))
+                for trial in batch:
+                    twin = first[tuple(sorted(trial.params.items()))]
+                    self._tell(study, trial, jobs[twin.number])
                 heartbeat.trial_ids = []
                 requeue_stale_trials(study, self.sweep_dir, self.s.stale_after_s)
         self._write_results(study, where)
@@ -351,7 +413,12 @@ class OptunaSearch:
     def _ask(self, study, space, n: int):
         batch = []
         for _ in range(n):
-            trial = study.ask(space)
+            try:
+                trial = study.ask(space)
+            except ValueError as e:  # Optuna: a parameter's distribution changed
+                raise ConfigError(f"the search space does not fit study {study.study_name} "
+                                  f"({_first(e)}): search the study's space again, or start "
+                                  f"another study (hydra.sweeper.study_name)") from None
             storage = study._storage
             storage.set_trial_system_attr(trial._trial_id, OWNER, owner_tag(self.sweep_dir))
             storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time())

@@ -38,16 +38,23 @@ class JobStatus:
     def __init__(self, job_dir: Path, overrides: List[str], metric: str, direction: str):
         self.path = Path(job_dir) / STATUS_FILE
         self.started = time.time()
-        earlier = _read_json(self.path) or {}
+        self.earlier = _read_json(self.path) or {}
         # A job resumed by a re-run sweep adds this run's time to the time it had spent before.
-        self.earlier_wall_s = float(earlier.get("wall_time_s") or 0.0)
+        self.earlier_wall_s = _number(self.earlier.get("wall_time_s")) or 0.0
+        self.sweep_run = os.environ.get("EVENT_SEG_SWEEP_RUN", "")
         self.record = {"status": "running", "overrides": list(overrides), "metric": metric,
                        "direction": direction, "host": socket.gethostname(), "pid": os.getpid(),
-                       "started_at": self.started, "wall_time_s": self.earlier_wall_s}
+                       "sweep_run": self.sweep_run, "started_at": self.started,
+                       "wall_time_s": self.earlier_wall_s}
         self._write()
 
     def ended(self, status: str, value: Optional[float] = None, error: str = "") -> None:
         spent = time.time() - self.started
+        if (status == "skipped" and self.earlier.get("status") == "finished" and self.sweep_run
+                and self.earlier.get("sweep_run") == self.sweep_run):
+            # A twin of a job this very sweep trained (an Optuna trial with the same
+            # parameters): the folder's job is still the one that finished here.
+            status = "finished"
         self.record.update(status=status, value=value, error=first_line(error),
                            ended_at=time.time(),
                            # A skipped job spent nothing new: its time is the training's.
@@ -63,7 +70,9 @@ class JobStatus:
 
 def first_line(error: str) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
+    if not lines:
+        return ""
+    return lines[0] if len(lines[0]) <= 300 else lines[0][:299] + "…"
 
 
 @dataclass
@@ -80,8 +89,32 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def collect(sweep_dir: Path) -> List[Row]:
-    """One row per job folder of the sweep that has a status record, sorted best first."""
+def wait_for_running_jobs(sweep_dir: Path, timeout_s: float) -> None:
+    """After Ctrl-C or SIGTERM: jobs in other processes on this host (joblib workers) get up to
+    ``timeout_s`` to record how they ended before the summary is written."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        alive = [r for r in map(_read_json, Path(sweep_dir).glob(f"*/{STATUS_FILE}"))
+                 if r and r.get("status") == "running" and r.get("host") == socket.gethostname()
+                 and r.get("pid") != os.getpid() and _pid_alive(r.get("pid"))]
+        if not alive:
+            return
+        time.sleep(0.5)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(sweep_dir: Path, stopped: bool = False) -> List[Row]:
+    """One row per job folder of the sweep that has a status record, sorted best first. After
+    the sweep was stopped (``stopped``), a job still marked running was interrupted with it."""
     rows, metric, direction = [], None, "maximize"
     for status_file in sorted(Path(sweep_dir).glob(f"*/{STATUS_FILE}")):
         job_dir = status_file.parent
@@ -94,17 +127,20 @@ def collect(sweep_dir: Path) -> List[Row]:
         direction = record.get("direction") or direction
         metrics = _read_json(job_dir / "metrics.json") or {}
         status, error = record.get("status", "failed"), record.get("error", "")
-        if status == "running":
+        if status == "running" and stopped:
+            status, error = "interrupted", "the sweep was stopped while this job ran"
+        elif status == "running":
             status, error = "failed", ("ended without a result (killed, out of memory, or its "
                                        f"node went away); see {job_dir / 'train.log'}")
         epochs = metrics.get("epochs")
-        stopped = metrics.get("stopped_early_at_epoch")
+        early = metrics.get("stopped_early_at_epoch")
         rows.append(Row(
-            job=job_dir.name, overrides=" ".join(record.get("overrides", [])), status=status,
+            job=job_dir.name, overrides=" ".join(map(str, record.get("overrides") or [])),
+            status=status,
             value=_number(record.get("value")),
             best_val_mean_iou=_number(metrics.get("best_val_mean_iou")),
             test_mean_iou=_number(metrics.get("test_mean_iou")),
-            epochs=(f"{stopped}/{epochs}" if stopped else str(epochs)) if epochs else "",
+            epochs=(f"{early}/{epochs}" if early else str(epochs)) if epochs else "",
             wall_time_s=_number(record.get("wall_time_s")), error=error,
             extra={"metric": record.get("metric")}))
     sign = -1.0 if direction == "maximize" else 1.0
@@ -116,23 +152,22 @@ def collect(sweep_dir: Path) -> List[Row]:
     return sorted(rows, key=rank)
 
 
-def write_summary(sweep_dir: Path) -> Optional[str]:
+def write_summary(sweep_dir: Path, stopped: bool = False) -> Optional[str]:
     """Writes summary.csv and summary.md in the sweep folder; returns the table to print (None
     when no job left a record: the sweep stopped before any job started)."""
     sweep_dir = Path(sweep_dir)
-    rows = collect(sweep_dir)
+    rows = collect(sweep_dir, stopped)
     if not rows:
         return None
     metric = next((r.extra.get("metric") for r in rows if r.extra.get("metric")),
                   "best_val_mean_iou")
-    header = ["job", "overrides", "status", metric, "best_val_mean_iou", "test_mean_iou",
-              "epochs", "wall_time_s", "error"]
-    if metric == "best_val_mean_iou":
-        header.remove(metric)  # one column, not two
+    own_column = metric not in ("best_val_mean_iou", "test_mean_iou")  # else one column, not two
+    header = ["job", "overrides", "status", *([metric] if own_column else []),
+              "best_val_mean_iou", "test_mean_iou", "epochs", "wall_time_s", "error"]
 
     def cells(r: Row, fmt) -> list:
         scores = [r.best_val_mean_iou, r.test_mean_iou]
-        if metric != "best_val_mean_iou":
+        if own_column:
             scores.insert(0, r.value)
         return [r.job, r.overrides, r.status, *(fmt(v) for v in scores), r.epochs,
                 fmt(r.wall_time_s, 1), r.error]
@@ -159,8 +194,8 @@ def write_summary(sweep_dir: Path) -> Optional[str]:
                           sweep_dir)
 
 
-def failed_jobs(sweep_dir: Path) -> int:
-    return sum(r.status == "failed" for r in collect(Path(sweep_dir)))
+def failed_jobs(sweep_dir: Path, stopped: bool = False) -> int:
+    return sum(r.status == "failed" for r in collect(Path(sweep_dir), stopped))
 
 
 def short_overrides(overrides: str) -> str:

@@ -133,8 +133,19 @@ def optimized_value(summary: dict, metric: str, source) -> float:
     return float(summary[metric])
 
 
+# Set by main() for a sweep's jobs (inherited by joblib workers and submitit jobs): the sweep's
+# own command, pinned to its timestamp, and an id of this run of the sweep.
+SWEEP_COMMAND_ENV = "EVENT_SEG_SWEEP_COMMAND"
+SWEEP_RUN_ENV = "EVENT_SEG_SWEEP_RUN"
+
+
 def resume_command(trial) -> str:
-    """The command line that continues this run: its overrides, pinned to its timestamp."""
+    """The command line that continues this run: its overrides, pinned to its timestamp. For a
+    sweep's job, the sweep's command: it resumes this job and runs the ones still to come."""
+    import os
+
+    if _in_multirun() and os.environ.get(SWEEP_COMMAND_ENV):
+        return os.environ[SWEEP_COMMAND_ENV]
     return command_line(trial_timestamp=trial.timestamp)
 
 
@@ -194,6 +205,7 @@ def main() -> None:
         # by each SLURM requeue and each torchrun rank) and claims the run folder.
         sys.argv, sweep_dir = settle(sys.argv, CONFIG_DIR, main_rank=rank() == 0,
                                      agree=agree_on_timestamp)
+        command = sys.argv[1:]  # the user's, with the timestamp pinned: how to resume it
         sys.argv = name_jobs_by_swept_keys(sys.argv)
         if rank() > 0:  # rank 0 writes .hydra/ for the job
             sys.argv = pin_override(sys.argv, "hydra.output_subdir=null")
@@ -203,6 +215,21 @@ def main() -> None:
     if sweep_dir is None or rank() > 0:
         hydra_main()
         return
+    import os
+    import shlex
+    import signal
+    import uuid
+
+    os.environ[SWEEP_COMMAND_ENV] = " ".join(["python -m event_seg.train",
+                                              *map(shlex.quote, command)])
+    os.environ[SWEEP_RUN_ENV] = uuid.uuid4().hex
+
+    def stop_sweep(signum, frame):
+        # SIGTERM to the sweep's own process (SLURM, kill): end like Ctrl-C, with the summary.
+        # A job training in this process has its own handler (a checkpoint, then the stop).
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_sweep)
     code = 0
     try:
         hydra_main()
@@ -210,23 +237,27 @@ def main() -> None:
         code = stop.code if isinstance(stop.code, int) else 1
     except KeyboardInterrupt:
         code = 130
-    failed = summarize_sweep(sweep_dir)  # however the sweep ended: it lists what it did
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # However the sweep ended, it lists what it did; stopped, its jobs get a moment to say so.
+    failed = summarize_sweep(sweep_dir, stopped=code in (130, 128 + signal.SIGTERM))
     sys.exit(code or failed)
 
 
-def summarize_sweep(sweep_dir: str) -> int:
+def summarize_sweep(sweep_dir: str, stopped: bool = False) -> int:
     """Prints and writes the sweep's summary; 1 when a job failed (the sweep's exit code)."""
-    from .sweep_summary import failed_jobs, write_summary
+    from .sweep_summary import failed_jobs, wait_for_running_jobs, write_summary
 
     try:
-        table = write_summary(Path(sweep_dir))
+        if stopped:
+            wait_for_running_jobs(Path(sweep_dir), timeout_s=20)
+        table = write_summary(Path(sweep_dir), stopped=stopped)
     except OSError as e:
         print(f"error: could not write the sweep summary in {sweep_dir}: {e}", file=sys.stderr)
         return 1
     if table is None:
         return 0
     print(table, flush=True)
-    failed = failed_jobs(Path(sweep_dir))
+    failed = failed_jobs(Path(sweep_dir), stopped=stopped)
     if failed:
         print(f"error: {failed} job(s) of the sweep failed; each one's train.log has its error",
               file=sys.stderr)

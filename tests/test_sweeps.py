@@ -329,7 +329,7 @@ def test_a_killed_optuna_sweep_resumes_its_study_without_repeating_trials(tmp_pa
                            timeout=600)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output
-    assert f"Trial(s) {interrupted.number} were left running" in output
+    assert f"Trial(s) {interrupted.number} left running by a process that is gone" in output
     assert "Resumed from" in output and "at epoch 1" in output  # its job went on from epoch 1
     study = load_study(f"sqlite:///{sweep / 'optuna.db'}", "event_seg_kill")
     states = [t.state.name for t in study.trials]
@@ -350,10 +350,14 @@ def test_optuna_settings_and_search_space_mistakes_are_one_line(tmp_path, cache)
         ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be at least 1"),
         ("optimizer.lr=interval(0.1,0.01)", "optimizer.lr: interval(0.1, 0.01) is empty"),
         ("hydra.sweeper.params.optimizer.lr=interval(0.1,0.2)",
-         "a search space goes in quotes, 'hydra.sweeper.params.optimizer.lr=\"interval(0.1,0.2)\"'"),
+         "give the search space on the command line as 'optimizer.lr=interval(0.1,0.2)'"),
+        ("hydra.sweeper.sampler.seed=1", "hydra.sweeper.sampler is a name now"),
+        ("optimizer.lr=1e-3 optimizer.weight_decay=0 model.encoder_name=resnet18 "
+         "dataset.num_bins=3", "nothing is left to search"),
+        ("hydra.sweeper.storage=" + "/tmp", "is a folder; name a file in it"),
         ("optimized_metric=val_iou", "optimized_metric='val_iou' is not a metric a run reports"),
     ]:
-        proc = subprocess.run(optuna_cmd(tmp_path, override), cwd=REPO, env=sweep_env(cache),
+        proc = subprocess.run(optuna_cmd(tmp_path, *override.split()), cwd=REPO, env=sweep_env(cache),
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip() == f"error: {proc.stderr.strip()[7:]}"  # one line
@@ -374,7 +378,7 @@ def test_search_space_from_hydra_override_syntax():
     assert space["optimizer.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
     assert space["model.encoder_name"] == CategoricalDistribution(["resnet18", "resnet34"])
     assert space["dataset.num_bins"] == CategoricalDistribution([3, 5])  # the command line wins
-    assert fixed == {"trainer.epochs": "3", "seed": "7"}
+    assert fixed == {"trainer.epochs": "trainer.epochs=3", "seed": "seed=7"}
     space, _ = search_space({"dataset.num_bins": "range(2, 11, 4)",
                              "loss.focal_gamma": "range(0.5, 2.0, 0.5)"}, [])
     assert space["dataset.num_bins"] == IntDistribution(2, 10, step=4)  # stop is exclusive

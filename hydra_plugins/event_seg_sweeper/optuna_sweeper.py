@@ -50,7 +50,15 @@ class EventSegOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
+        import sys
+
+        from event_seg.errors import EventSegError
         from event_seg.optuna_search import OptunaSearch
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        OptunaSearch(self.settings, self.config, self.launcher, sweep_dir).run(list(arguments))
+        try:
+            OptunaSearch(self.settings, self.config, self.launcher, sweep_dir).run(list(arguments))
+        except EventSegError as e:
+            # One line and exit 2, as for any other mistake (Hydra would print a traceback).
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
