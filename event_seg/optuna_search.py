@@ -368,8 +368,14 @@ class OptunaSearch:
         space, fixed = search_space(dict(self.s.params or {}), arguments)
         storage, where = storage_for(self.s.storage, self.sweep_dir)
         seed = None if self.s.seed is None else int(self.s.seed)
-        study, created = open_study(storage, str(self.s.study_name), self.direction, self.metric,
-                                    seed, self.s.sampler, self.sweep_dir)
+        try:
+            study, created = open_study(storage, str(self.s.study_name), self.direction,
+                                        self.metric, seed, self.s.sampler, self.sweep_dir)
+        except ConfigError:
+            raise
+        except Exception as e:  # a journal is first read here: a corrupt one fails here
+            raise ConfigError(f"hydra.sweeper.storage={self.s.storage or where}: cannot open it "
+                              f"as an Optuna storage ({type(e).__name__}: {_first(e)})") from None
         before, _ = counted_trials(study)
         log.info("Optuna study %s in %s: %s %s, %s sampler, %d of %d trials there already%s",
                  study.study_name, where, self.direction, self.metric, self.s.sampler, before,

@@ -78,7 +78,12 @@ def test_grid_sweep_jobs_runs_and_a_rerun_with_one_more_value_skips_and_resumes(
         assert time.time() < deadline, "".join(lines)
     lines += proc.stdout.readlines()
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(lines)
-    assert "3 jobs (2 finished, 1 interrupted)" in "".join(lines)  # the summary, even so
+    first_run = "".join(lines)
+    assert "3 jobs (2 finished, 1 interrupted)" in first_run  # the summary, even so
+    # The interrupted job's way back is the sweep's own command, pinned to its folder.
+    hint = first_run.split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    assert hint.startswith("python -m event_seg.train -m debug=smoke ") and hint.endswith(
+        "model=unet,fpn optimizer.lr=1e-3,3e-4 trainer.epochs=2 trial_timestamp=grid")
 
     sweep = tmp_path / "multirun" / "grid"
     unet_1e3, unet_3e4, fpn_1e3, fpn_3e4 = names = [
@@ -342,6 +347,13 @@ def test_a_killed_optuna_sweep_resumes_its_study_without_repeating_trials(tmp_pa
     assert (Path(first.user_attrs["job_dir"]) / "job_status.json").read_text() == first_status
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["trials"] == {"complete": 3, "requeued": 1}
+    # The study's values are best_val_mean_iou: going on with another metric is refused.
+    other = subprocess.run([*cmd, "optimized_metric=best_val_weighted_mean_iou"], cwd=REPO,
+                           env=sweep_env(cache), capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert ("error: study event_seg_kill maximizes best_val_mean_iou; this sweep would maximize "
+            "best_val_weighted_mean_iou") in other.stderr
+    assert "Traceback" not in other.stdout + other.stderr
 
 
 def test_optuna_settings_and_search_space_mistakes_are_one_line(tmp_path, cache):
@@ -363,6 +375,14 @@ def test_optuna_settings_and_search_space_mistakes_are_one_line(tmp_path, cache)
         assert proc.stderr.strip() == f"error: {proc.stderr.strip()[7:]}"  # one line
         assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").iterdir())
+    # A storage file that is no Optuna storage: one line naming it, not Optuna's traceback.
+    (tmp_path / "garbage.log").write_text("this is not a journal\n")
+    proc = subprocess.run(optuna_cmd(tmp_path, f"hydra.sweeper.storage={tmp_path}/garbage.log"),
+                          cwd=REPO, env=sweep_env(cache), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"error: hydra.sweeper.storage={tmp_path}/garbage.log: cannot open it" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_search_space_from_hydra_override_syntax():
