@@ -312,6 +312,26 @@ def requeue(study, numbers: List[int], why: str) -> List[int]:
     return done
 
 
+def check_space_fits(study, space) -> None:
+    """Refuses, before asking for a trial (which would stay behind, running), a search space
+    whose choices differ from what the study's trials were drawn from."""
+    from optuna.distributions import check_distribution_compatibility
+
+    seen: Dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        seen.update(trial.distributions)
+    for name, new in space.items():
+        if name not in seen:
+            continue
+        try:
+            check_distribution_compatibility(seen[name], new)
+        except ValueError as e:
+            raise ConfigError(f"{name}: the search space does not fit study {study.study_name}, "
+                              f"whose trials drew it from {seen[name]} ({_first(e)}); search "
+                              f"that space again, or start another study "
+                              f"(hydra.sweeper.study_name)") from None
+
+
 def counted_trials(study) -> Tuple[int, int]:
     """(trials that count toward n_trials, of which still waiting to be asked for)."""
     from optuna.trial import TrialState
@@ -382,6 +402,7 @@ class OptunaSearch:
                  self.s.n_trials, "" if created else " (joined)")
         log.info("Other processes join this search with: hydra.sweeper.storage=%s "
                  "hydra.sweeper.study_name=%s", where, study.study_name)
+        check_space_fits(study, space)
         requeue_stale_trials(study, self.sweep_dir, self.s.stale_after_s)
         fixed_overrides = list(fixed.values())
         with Heartbeat(study, self.s.heartbeat_s) as heartbeat:

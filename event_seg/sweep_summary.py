@@ -129,6 +129,11 @@ def collect(sweep_dir: Path, stopped: bool = False) -> List[Row]:
         status, error = record.get("status", "failed"), record.get("error", "")
         if status == "running" and stopped:
             status, error = "interrupted", "the sweep was stopped while this job ran"
+            # Its process was stopped with the sweep before it could record its time.
+            started = _number(record.get("started_at"))
+            record["wall_time_s"] = ((_number(record.get("wall_time_s")) or 0.0)
+                                     + (max(0.0, _last_write(job_dir) - started)
+                                        if started else 0.0))
         elif status == "running":
             status, error = "failed", ("ended without a result (killed, out of memory, or its "
                                        f"node went away); see {job_dir / 'train.log'}")
@@ -232,6 +237,13 @@ def _console_table(header, values, title, sweep_dir) -> str:
             lines.append("  ".join("-" * w for w in widths))
     lines.append(f"written: {sweep_dir / SUMMARY_CSV} and {SUMMARY_MD}")
     return "\n".join(lines)
+
+
+def _last_write(job_dir: Path) -> float:
+    """When the job last wrote its log (or its record): about when it stopped."""
+    times = [p.stat().st_mtime for p in (job_dir / "train.log", job_dir / STATUS_FILE)
+             if p.exists()]
+    return max(times, default=0.0)
 
 
 def _cut(text: str, width: int) -> str:

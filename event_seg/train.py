@@ -239,6 +239,8 @@ def main() -> None:
         code = 130
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # However the sweep ended, it lists what it did; stopped, its jobs get a moment to say so.
+    if code == 2:  # refused (a mistake, one line): nothing ran that a summary would list
+        sys.exit(code)
     failed = summarize_sweep(sweep_dir, stopped=code in (130, 128 + signal.SIGTERM))
     sys.exit(code or failed)
 
@@ -257,6 +259,10 @@ def summarize_sweep(sweep_dir: str, stopped: bool = False) -> int:
     if table is None:
         return 0
     print(table, flush=True)
+    import os
+
+    if stopped and os.environ.get(SWEEP_COMMAND_ENV):
+        print(f"Resume the sweep with:\n  {os.environ[SWEEP_COMMAND_ENV]}", flush=True)
     failed = failed_jobs(Path(sweep_dir), stopped=stopped)
     if failed:
         print(f"error: {failed} job(s) of the sweep failed; each one's train.log has its error",
@@ -357,6 +363,11 @@ def _run_sweep_job(cfg: DictConfig) -> float:
     finally:
         if status is not None:
             status.ended(outcome, value if outcome in ("finished", "skipped") else None, error)
+        # The job is over: its folder is free for the next job that needs it. A joblib worker
+        # lives on for later batches, and an Optuna twin may run there next.
+        from .engine import folder_lock
+
+        folder_lock.release(Path(hydra_cfg.runtime.output_dir))
 
 
 def _log_to_files_only(level: int, message: str, exc_info=None) -> None:

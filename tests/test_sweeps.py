@@ -354,6 +354,14 @@ def test_a_killed_optuna_sweep_resumes_its_study_without_repeating_trials(tmp_pa
     assert ("error: study event_seg_kill maximizes best_val_mean_iou; this sweep would maximize "
             "best_val_weighted_mean_iou") in other.stderr
     assert "Traceback" not in other.stdout + other.stderr
+    # So is another list of choices for a searched key, and the refusal leaves no trial behind.
+    other = subprocess.run([*cmd, "hydra.sweeper.n_trials=4", "dataset.num_bins=choice(3,7)"],
+                           cwd=REPO, env=sweep_env(cache), capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "error: dataset.num_bins: the search space does not fit study event_seg_kill" in \
+        other.stderr
+    assert len(load_study(f"sqlite:///{sweep / 'optuna.db'}", "event_seg_kill").trials) == 5
 
 
 def test_optuna_settings_and_search_space_mistakes_are_one_line(tmp_path, cache):
@@ -464,3 +472,22 @@ def test_summary_ranks_jobs_by_the_metric_and_lists_dead_and_failed_jobs_last(tm
     assert "lr=0.01 model=fpn" in table  # the console's short names
     assert short_overrides("optimizer.lr=0.00190303683817358 a.x=1 b.x=2e-05") == \
         "lr=0.0019 a.x=1 b.x=2e-05"
+
+
+def test_parallel_trials_proposing_the_same_values_share_one_job(tmp_path, cache):
+    """Two values to choose from, three trials, two at a time in joblib workers that live on
+    between batches: no trial fails on its twin's folder, both jobs count as trained here."""
+    proc = subprocess.run(optuna_cmd(tmp_path, "optimizer.lr=1e-3", "optimizer.weight_decay=0",
+                                     "model.encoder_name=resnet18", "dataset.num_bins=choice(3,5)",
+                                     "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+                                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                     "trial_timestamp=twins"),
+                          cwd=REPO, env=sweep_env(cache), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = tmp_path / "multirun" / "twins"
+    study = load_study(f"sqlite:///{sweep / 'optuna.db'}", "event_seg_twins")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for trial in study.trials:  # each told its own job's value
+        assert trial.value == summary(Path(trial.user_attrs["job_dir"]))["best_val_mean_iou"]
+    assert {r["status"] for r in read_summary(sweep)} == {"finished"}
