@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError
+from .sweep_summary import first_line, pid_alive
 
 log = logging.getLogger("event_seg.sweep")
 
@@ -159,8 +160,6 @@ def _flat(params: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def storage_for(setting: Optional[str], sweep_dir: Path):
     """An Optuna storage from ``hydra.sweeper.storage`` (see the module docstring)."""
-    import optuna
-
     if not setting:
         setting = str(sweep_dir / DEFAULT_DB)
     try:
@@ -169,12 +168,7 @@ def storage_for(setting: Optional[str], sweep_dir: Path):
         raise
     except Exception as e:  # a missing driver, a refused connection, a corrupt file, a folder
         raise ConfigError(f"hydra.sweeper.storage={setting}: cannot open it as an Optuna "
-                          f"storage ({type(e).__name__}: {_first(e)})") from None
-
-
-def _first(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:200] if lines else ""
+                          f"storage ({type(e).__name__}: {first_line(str(e))})") from None
 
 
 def _open_storage(setting: str):
@@ -254,23 +248,13 @@ def owner_tag(sweep_dir: Path) -> str:
     return f"{socket.gethostname()} {os.getpid()} {sweep_dir}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(trial, sweep_dir: Path, stale_after_s: float, now: float) -> bool:
     owner = str(trial.system_attrs.get(OWNER, ""))
     host, _, rest = owner.partition(" ")
     pid, _, folder = rest.partition(" ")
     if folder == str(sweep_dir) and pid != str(os.getpid()):
         return True  # our folder's lock is ours: whoever ran this trial from here is gone
-    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
         return True
     beat = trial.system_attrs.get(HEARTBEAT)
     last = float(beat) if beat is not None else (
@@ -327,7 +311,7 @@ def check_space_fits(study, space) -> None:
             check_distribution_compatibility(seen[name], new)
         except ValueError as e:
             raise ConfigError(f"{name}: the search space does not fit study {study.study_name}, "
-                              f"whose trials drew it from {seen[name]} ({_first(e)}); search "
+                              f"whose trials drew it from {seen[name]} ({first_line(str(e))}); search "
                               f"that space again, or start another study "
                               f"(hydra.sweeper.study_name)") from None
 
@@ -383,8 +367,6 @@ class OptunaSearch:
         self.job_idx = 0
 
     def run(self, arguments: List[str]) -> None:
-        from optuna.trial import TrialState
-
         space, fixed = search_space(dict(self.s.params or {}), arguments)
         storage, where = storage_for(self.s.storage, self.sweep_dir)
         seed = None if self.s.seed is None else int(self.s.seed)
@@ -395,7 +377,7 @@ class OptunaSearch:
             raise
         except Exception as e:  # a journal is first read here: a corrupt one fails here
             raise ConfigError(f"hydra.sweeper.storage={self.s.storage or where}: cannot open it "
-                              f"as an Optuna storage ({type(e).__name__}: {_first(e)})") from None
+                              f"as an Optuna storage ({type(e).__name__}: {first_line(str(e))})") from None
         before, _ = counted_trials(study)
         log.info("Optuna study %s in %s: %s %s, %s sampler, %d of %d trials there already%s",
                  study.study_name, where, self.direction, self.metric, self.s.sampler, before,
@@ -444,7 +426,7 @@ class OptunaSearch:
                 trial = study.ask(space)
             except ValueError as e:  # Optuna: a parameter's distribution changed
                 raise ConfigError(f"the search space does not fit study {study.study_name} "
-                                  f"({_first(e)}): search the study's space again, or start "
+                                  f"({first_line(str(e))}): search the study's space again, or start "
                                   f"another study (hydra.sweeper.study_name)") from None
             storage = study._storage
             storage.set_trial_system_attr(trial._trial_id, OWNER, owner_tag(self.sweep_dir))

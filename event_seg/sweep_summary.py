@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import List, Optional
 
 STATUS_FILE = "job_status.json"
+# Set by train.main() for each run of a sweep (inherited by its jobs): which run a record is from.
+SWEEP_RUN_ENV = "EVENT_SEG_SWEEP_RUN"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 # Ranked best first; then these, in this order.
@@ -41,7 +43,7 @@ class JobStatus:
         self.earlier = _read_json(self.path) or {}
         # A job resumed by a re-run sweep adds this run's time to the time it had spent before.
         self.earlier_wall_s = _number(self.earlier.get("wall_time_s")) or 0.0
-        self.sweep_run = os.environ.get("EVENT_SEG_SWEEP_RUN", "")
+        self.sweep_run = os.environ.get(SWEEP_RUN_ENV, "")
         self.record = {"status": "running", "overrides": list(overrides), "metric": metric,
                        "direction": direction, "host": socket.gethostname(), "pid": os.getpid(),
                        "sweep_run": self.sweep_run, "started_at": self.started,
@@ -96,13 +98,14 @@ def wait_for_running_jobs(sweep_dir: Path, timeout_s: float) -> None:
     while time.time() < deadline:
         alive = [r for r in map(_read_json, Path(sweep_dir).glob(f"*/{STATUS_FILE}"))
                  if r and r.get("status") == "running" and r.get("host") == socket.gethostname()
-                 and r.get("pid") != os.getpid() and _pid_alive(r.get("pid"))]
+                 and r.get("pid") != os.getpid() and pid_alive(r.get("pid"))]
         if not alive:
             return
         time.sleep(0.5)
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether process ``pid`` (on this host) still exists."""
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, TypeError, ValueError):

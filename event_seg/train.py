@@ -134,9 +134,8 @@ def optimized_value(summary: dict, metric: str, source) -> float:
 
 
 # Set by main() for a sweep's jobs (inherited by joblib workers and submitit jobs): the sweep's
-# own command, pinned to its timestamp, and an id of this run of the sweep.
+# own command, pinned to its timestamp (and sweep_summary.SWEEP_RUN_ENV, an id of this run).
 SWEEP_COMMAND_ENV = "EVENT_SEG_SWEEP_COMMAND"
-SWEEP_RUN_ENV = "EVENT_SEG_SWEEP_RUN"
 
 
 def resume_command(trial) -> str:
@@ -222,6 +221,8 @@ def main() -> None:
 
     os.environ[SWEEP_COMMAND_ENV] = " ".join(["python -m event_seg.train",
                                               *map(shlex.quote, command)])
+    from .sweep_summary import SWEEP_RUN_ENV
+
     os.environ[SWEEP_RUN_ENV] = uuid.uuid4().hex
 
     def stop_sweep(signum, frame):
