@@ -11,7 +11,9 @@ remembered from training time:
 
 Prints a per-class IoU table with mean IoU, weighted mean IoU and pixel accuracy, writes them to
 ``<output_dir>/metrics.json`` and the colourised prediction panels (RGB | events | ground truth |
-prediction) to ``<output_dir>/panels/``. ``output_dir`` defaults to ``<run folder>/eval/<split>``.
+prediction) to ``<output_dir>/panels/``. ``output_dir`` defaults to ``<run folder>/eval/<split>``;
+a run folder itself (or its checkpoints/) is refused: evaluation never writes over a training
+record. Any split, train included, is scored whole, unaugmented and in order.
 
 Overrides go on top of the stored config: ``key=value`` for single keys (``dataset.root``,
 ``trainer.batch_size``, ``trainer.vis.num_batches``, ...), and the groups ``dataset=`` (another
