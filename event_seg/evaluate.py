@@ -11,7 +11,9 @@ remembered from training time:
 
 Prints a per-class IoU table with mean IoU, weighted mean IoU and pixel accuracy, writes them to
 ``<output_dir>/metrics.json`` and the colourised prediction panels (RGB | events | ground truth |
-prediction) to ``<output_dir>/panels/``. ``output_dir`` defaults to ``<run folder>/eval/<split>``.
+prediction) to ``<output_dir>/panels/``. ``output_dir`` defaults to ``<run folder>/eval/<split>``;
+a run folder itself (or its checkpoints/) is refused: evaluation never writes over a training
+record. Any split, train included, is scored whole, unaugmented and in order.
 
 Overrides go on top of the stored config: ``key=value`` for single keys (``dataset.root``,
 ``trainer.batch_size``, ``trainer.vis.num_batches``, ...), and the groups ``dataset=`` (another
@@ -38,6 +40,9 @@ from .errors import ConfigError, EventSegError
 log = logging.getLogger("event_seg.evaluate")
 
 OWN_ARGS = ("checkpoint", "split", "output_dir")
+# What a training run keeps in its folder (docs/run_folders.md). Evaluation writes metrics.json,
+# panels/ and tracker logs into output_dir: a folder holding any of these is a run's, refused.
+TRAINING_RECORDS = ("config.yaml", "train.log", "checkpoints", ".hydra")
 # Config groups an evaluation may swap; the others describe training and are fixed by the
 # checkpoint (the model) or mean nothing here (optimizer, scheduler, augmentation).
 SWAPPABLE_GROUPS = ("dataset", "logger")
@@ -123,6 +128,32 @@ def output_folder(checkpoint: Path, split: str, chosen: Optional[str]) -> Path:
     return run_dir / "eval" / split
 
 
+def check_output_folder(out: Path) -> None:
+    """Refuses an ``output_dir`` that holds a training run's records: its ``metrics.json`` marks
+    the run finished and holds its best and test scores (sweeps skip and rank runs by it), and
+    one written here into an unfinished run would mark it finished. An evaluation's own
+    ``metrics.json`` (an earlier evaluation into the same folder) is replaced."""
+    if not out.is_dir():
+        return
+    found = [name for name in TRAINING_RECORDS if (out / name).exists()]
+    found += sorted(p.name for p in out.glob("*.pt"))
+    metrics = out / "metrics.json"
+    if metrics.is_file() and not written_by_evaluation(metrics):
+        found.insert(0, "metrics.json")
+    if found:
+        raise ConfigError(f"output_dir={out} holds a training run's {found[0]}: "
+                          f"event-seg-evaluate never writes over a run's records; choose another "
+                          f"output_dir (by default <run folder>/eval/<split>)")
+
+
+def written_by_evaluation(metrics: Path) -> bool:
+    try:
+        written = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return False  # unreadable: not known to be ours, so not ours to replace
+    return isinstance(written, dict) and {"checkpoint", "split", "split_samples"} <= set(written)
+
+
 def per_class_table(metrics: dict, split: str, class_names: Sequence[str]) -> str:
     width = max([len("weighted mean IoU"), *map(len, class_names)])
     lines = [f"{'class':<{width}}  IoU", "-" * (width + 8)]
@@ -163,9 +194,12 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
                           f"{', '.join(cfg.dataset.splits)}")
     seed_everything(cfg.seed)
     out = output_folder(checkpoint, split, output_dir)
+    check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed, splits=(split,))
+    # The whole split, unaugmented and in order, also when it is the train split.
+    data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed, splits=(split,),
+                      evaluation=True)
     cfg.model.encoder_weights = None  # every weight comes from the checkpoint
     model = build_model(cfg.model, data.info)
     try:
@@ -239,7 +273,9 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(per_class_table(metrics, split, data.info.class_names))
     if scored != split_size:
-        print(f"scored {scored} of {split_size} samples (trainer.limit_batches={limit})")
+        # Only trainer.limit_batches cuts an evaluation short; say so only where it did.
+        why = f" (trainer.limit_batches={limit})" if planned < split_size else ""
+        print(f"scored {scored} of {split_size} samples{why}")
     print(f"wrote {out / 'metrics.json'} and {len(panels.written)} panel(s) in {panels.folder}")
     return result
 
@@ -267,13 +303,18 @@ def main(argv=None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from .engine.preemption import Preempted
+    from .launch import one_line
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         own, overrides = split_arguments(argv)
         evaluate(Path(own["checkpoint"]), own.get("split", "test"), overrides,
                  own.get("output_dir"))
-    except (HydraException, OmegaConfBaseException, EventSegError) as e:
+    except (HydraException, OmegaConfBaseException) as e:
+        # The one line training gives (an unknown key with its did-you-mean, ...).
+        print(f"error: {' '.join(one_line(e).split())}", file=sys.stderr)
+        return 2
+    except EventSegError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except Preempted as stop:

@@ -75,6 +75,9 @@ def parse_arguments(argv: Sequence[str]) -> dict:
         if key not in OWN_ARGS:
             close = difflib.get_close_matches(key, OWN_ARGS, n=1)
             hint = f"did you mean {close[0]}=?" if close else f"it takes {', '.join(OWN_ARGS)}"
+            if "." in key and not close:  # a config key, as evaluate and training take them
+                hint = (f"event-seg-export takes no config overrides (the checkpoint fixes the "
+                        f"model and its input); {hint}")
             raise ConfigError(f"unknown argument {key}=: {hint}")
         args[key] = value
     if not args.get("checkpoint"):

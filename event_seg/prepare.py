@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .launch import one_line
     from .train import CONFIG_DIR
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -87,7 +88,11 @@ def main(argv=None) -> int:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         prepare(cfg)
-    except (HydraException, OmegaConfBaseException, EventSegError) as e:
+    except (HydraException, OmegaConfBaseException) as e:
+        # The one line training gives (an unknown key with its did-you-mean, ...).
+        print(f"error: {' '.join(one_line(e).split())}", file=sys.stderr)
+        return 2
+    except EventSegError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. a cache folder that cannot be written

@@ -128,3 +128,91 @@ def test_evaluate_refuses_a_corrupt_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"\x80\x02garbage")
     assert main([f"checkpoint={bad}"]) == 2
     assert "best.pt" in capsys.readouterr().err
+
+
+def evaluate_in_process(trained, cache, monkeypatch, capsys, out, *args):
+    """``event-seg-evaluate`` on the run's best.pt: (exit code, metrics.json or None, stdout,
+    stderr)."""
+    from event_seg.evaluate import main
+
+    monkeypatch.setenv("EVENT_SEG_CACHE", str(cache))
+    code = main([f"checkpoint={trained / 'checkpoints' / 'best.pt'}", f"output_dir={out}",
+                 "trainer.vis.num_batches=0", *args])
+    printed = capsys.readouterr()
+    result = json.loads((out / "metrics.json").read_text()) if code == 0 else None
+    return code, result, printed.out, printed.err
+
+
+def test_focal_loss_is_the_same_with_one_sliding_window_covering_the_input(
+        trained, cache, tmp_path, monkeypatch, capsys):
+    # One window of the whole 32x64 input predicts exactly what plain prediction predicts.
+    runs = [evaluate_in_process(trained, cache, monkeypatch, capsys, tmp_path / str(i),
+                                "split=val", "loss.name=focal", *extra)
+            for i, extra in enumerate([[], ["evaluate.sliding_window.size=[32,64]",
+                                            "evaluate.sliding_window.stride=[32,64]"]])]
+    (code_a, plain, _, err_a), (code_b, window, _, err_b) = runs
+    assert code_a == code_b == 0, err_a + err_b
+    assert window["mean_iou"] == pytest.approx(plain["mean_iou"], abs=1e-9)
+    assert window["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+
+
+def test_class_weighted_loss_does_not_depend_on_the_batch_size(trained, cache, tmp_path,
+                                                               monkeypatch, capsys):
+    weights = "loss.class_weights=[0.1,5,1,1,1,1,1,1,1]"
+    results = []
+    for batch in (1, 3):
+        code, result, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys,
+                                                   tmp_path / str(batch), "split=val", weights,
+                                                   f"trainer.batch_size={batch}")
+        assert code == 0, err
+        results.append(result)
+    assert results[0]["samples"] == results[1]["samples"] == 3
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+
+
+def test_the_train_split_is_scored_whole_unaugmented_and_in_order(trained, cache, tmp_path,
+                                                                  monkeypatch, capsys):
+    # 2 sequences of 4 frames, the first of each without an events window: 6 samples. Batches
+    # of 4 must not drop the last 2, and a train-time flip must not reach the evaluation.
+    code, big, out, err = evaluate_in_process(trained, cache, monkeypatch, capsys,
+                                              tmp_path / "a", "split=train",
+                                              "trainer.batch_size=4")
+    assert code == 0, err
+    assert big["samples"] == big["split_samples"] == 6
+    assert not any(line.startswith("scored") for line in out.splitlines()), out
+    code, flipped, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys,
+                                                tmp_path / "b", "split=train",
+                                                "trainer.batch_size=1", "dataset.augment.hflip=1.0")
+    assert code == 0, err
+    assert flipped["samples"] == 6
+    assert flipped["mean_iou"] == pytest.approx(big["mean_iou"], abs=1e-9)
+    assert flipped["per_class_iou"] == pytest.approx(big["per_class_iou"], abs=1e-9)
+
+
+def test_evaluate_never_writes_into_a_run_folder(trained, cache, tmp_path, monkeypatch, capsys):
+    before = {p: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    for folder in (trained, trained / "checkpoints"):
+        code, _, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys, folder)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert str(trained) in err and "output_dir" in err
+    assert {p: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+    assert not (trained / "panels").exists() and not (trained / "checkpoints" / "panels").exists()
+
+
+def test_a_misspelt_key_gets_the_same_hint_in_every_command(trained, cache, capsys,
+                                                            monkeypatch):
+    from event_seg import export, prepare
+    from event_seg.evaluate import main as evaluate
+
+    monkeypatch.setenv("EVENT_SEG_CACHE", str(cache))
+    hint = "unknown config key: trainer.batchsize (did you mean trainer.batch_size?)"
+    best = f"checkpoint={trained / 'checkpoints' / 'best.pt'}"
+    for command, args in ((evaluate, [best]), (prepare.main, ["debug=smoke"])):
+        assert command([*args, "trainer.batchsize=2"]) == 2
+        err = capsys.readouterr().err
+        assert hint in err and len(err.strip().splitlines()) == 1, err
+    # Export takes no config overrides: it says so, in one line naming the argument.
+    assert export.main([best, "trainer.batchsize=2"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.batchsize=: event-seg-export takes no config overrides" in err
+    assert len(err.strip().splitlines()) == 1, err

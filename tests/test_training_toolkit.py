@@ -212,15 +212,39 @@ def test_sliding_windows_and_hflip_tta_predict_as_defined():
     torch.manual_seed(0)
     pixelwise = nn.Conv2d(3, 4, 1)  # no context: windows cannot change its output
     x = torch.randn(2, 3, 64, 96)
-    plain = torch.log_softmax(pixelwise(x), 1)
     windowed = Predictor(window=[32, 32], stride=[16, 24])(pixelwise, x)
-    torch.testing.assert_close(windowed, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(windowed, pixelwise(x), rtol=1e-5, atol=1e-5)
     context = nn.Conv2d(3, 4, 3, padding=1)
     tta = Predictor(tta="hflip")(context, x)
     p = torch.softmax(context(x), 1)
     mirrored = torch.flip(torch.softmax(context(torch.flip(x, [3])), 1), [3])
-    torch.testing.assert_close(tta.exp(), (p + mirrored) / 2, rtol=1e-5, atol=1e-6)
+    # The two views' probabilities are averaged: the softmax of what TTA returns.
+    torch.testing.assert_close(torch.softmax(tta, 1), (p + mirrored) / 2, rtol=1e-5, atol=1e-6)
     assert Predictor().plain and Predictor()(context, x) is not None
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_scores_a_prediction_alike_whichever_predictor_made_it(name):
+    """One window covering the input, or hflip TTA of a mirror-symmetric model, predicts what
+    plain prediction predicts: every loss (focal's per-class sigmoid too) scores it alike."""
+    from event_seg.engine.inference import Predictor
+    from event_seg.engine.losses import build_loss
+
+    torch.manual_seed(0)
+    loss = build_loss(loss_cfg(name, class_weights=[0.5, 2.0, 1.0, 3.0]), 4, 255)
+    x = torch.randn(2, 3, 16, 24)
+    target = torch.randint(0, 4, (2, 16, 24))
+    target[:, :2] = 255
+    model = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        model.weight.mul_(4)  # confident predictions, where sigmoid and softmax differ most
+        plain = float(loss(Predictor()(model, x), target))
+        window = Predictor(window=[16, 24], stride=[16, 24])(model, x)
+        assert float(loss(window, target)) == pytest.approx(plain, rel=1e-5, abs=1e-6)
+        model.weight.copy_((model.weight + torch.flip(model.weight, [3])) / 2)  # mirror-symmetric
+        plain = float(loss(Predictor()(model, x), target))
+        tta = Predictor(tta="hflip")(model, x)
+        assert float(loss(tta, target)) == pytest.approx(plain, rel=1e-5, abs=1e-6)
 
 
 # -- one tracked run: step curves, confusion matrices, per-class table, evaluate ---------------

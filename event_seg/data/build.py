@@ -119,10 +119,13 @@ def open_packed_split(dataset_cfg, root: Path, cache_dir: str, split: str):
 
 def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
                splits=("train", "val", "test"), rank: int = 0,
-               world_size: int = 1) -> DataBundle:
+               world_size: int = 1, evaluation: bool = False) -> DataBundle:
     """Loaders of compact batches for the configured splits (see collate.py), read from the
     prepared cache where it holds a sample as it is now, else from the raw files. Under DDP
-    each ``rank`` of ``world_size`` loads its own share (see sampling.EpochSampler)."""
+    each ``rank`` of ``world_size`` loads its own share (see sampling.EpochSampler).
+
+    The train split is augmented, shuffled and cut to whole batches; with ``evaluation`` every
+    split, train included, is loaded whole, unaugmented and in order (event-seg-evaluate)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -134,7 +137,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             continue
         aug = dataset_cfg.augment
         transform = JointTransform(
-            train=(split == "train"), hflip=aug.hflip, seed=seed,
+            train=split == "train" and not evaluation, hflip=aug.hflip, seed=seed,
             size=(dataset_cfg.height, dataset_cfg.width), ignore_index=dataset_cfg.ignore_index,
             affine_p=aug.affine_p, scale=list(aug.scale), rotate_deg=aug.rotate_deg,
             translate=aug.translate, photometric_p=aug.photometric_p)
@@ -158,7 +161,8 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     # once (events.tau_in_ticks) instead of every event being rescaled.
     # Asked only where it is used or was always logged (training): EventScape's detection reads
     # a raw window, which an evaluation from the prepared cache must not.
-    asked = dataset_cfg.representation == "time_surface" or "train" in datasets
+    asked = dataset_cfg.representation == "time_surface" or ("train" in datasets
+                                                              and not evaluation)
     time_unit = (getattr(datasets.get("train", next(iter(datasets.values()), None)), "time_unit",
                          None) if asked else None)
     if time_unit is not None:
@@ -190,7 +194,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     workers = trainer_cfg.num_workers
     loaders = {}
     for split, ds in datasets.items():
-        train = split == "train"
+        train = split == "train" and not evaluation
         # Order and augmentation follow (seed, epoch, index) alone: exact resume (sampling.py).
         sampler = EpochSampler(len(ds), shuffle=train, seed=seed, rank=rank,
                                world_size=world_size, even=train)

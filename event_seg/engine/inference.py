@@ -1,10 +1,16 @@
 """How evaluation predicts (``evaluate`` config node): plain, with horizontal-flip test-time
 augmentation, and window by window for inputs larger than the training crop.
 
-Both variants return log-probabilities, which the losses and ``argmax`` take like logits
-(``softmax(log p) = p``): TTA averages the two softmax outputs, the sliding window averages the
-softmax of every window covering a pixel. Plain prediction returns the model's logits as they
-are, so default evaluation is unchanged bit for bit.
+Every variant returns logits, which the losses and ``argmax`` take as they take the model's.
+TTA averages the softmax of the two views, the sliding window the softmax of every window (and
+view) covering a pixel. Of the averaged probabilities ``p`` the predictor returns the logits
+``log p + mean logsumexp``: the log-normaliser (logsumexp over the classes) of the views'
+logits, averaged per pixel. The softmax of those is ``p``, and where every view predicts the
+same logits ``z`` (one window covering the input, TTA of a mirror-symmetric model) they are
+``z`` again, so every loss scores them as it scores plain prediction: also focal, whose
+per-class sigmoid depends on the logits themselves and not only on their softmax. Plain
+prediction returns the model's logits as they are, so default evaluation is unchanged bit for
+bit.
 """
 
 from __future__ import annotations
@@ -55,32 +61,40 @@ class Predictor:
         with self._autocast():
             return model(inputs)
 
-    def _probabilities(self, model, inputs):
-        probs = torch.softmax(self._model(model, inputs).float(), dim=1)
+    def _views(self, model, inputs):
+        """The model's logits for ``inputs`` and, with TTA, for their mirror image (mirrored
+        back), in float32."""
+        views = [self._model(model, inputs).float()]
         if self.tta == "hflip":
             mirrored = self._model(model, torch.flip(inputs, dims=[3])).float()
-            probs = (probs + torch.flip(torch.softmax(mirrored, dim=1), dims=[3])) / 2
-        return probs
+            views.append(torch.flip(mirrored, dims=[3]))
+        return views
 
     def __call__(self, model, inputs):
         if self.plain:
             return self._model(model, inputs)
-        if self.window is None:
-            return torch.log(self._probabilities(model, inputs).clamp_min(1e-12))
         height, width = inputs.shape[-2:]
-        wh, ww = min(self.window[0], height), min(self.window[1], width)
-        total = None
+        wh, ww = (min(self.window[0], height), min(self.window[1], width)) if self.window \
+            else (height, width)
+        stride = self.stride or (height, width)
+        # Summed per pixel over the views covering it: the probabilities, in log space (no
+        # clamp: a confident class keeps its logit), and the log-normalisers.
+        log_probs = norms = None
         hits = torch.zeros((1, 1, height, width), device=inputs.device)
-        for top in window_starts(height, wh, self.stride[0]):
-            for left in window_starts(width, ww, self.stride[1]):
-                crop = inputs[..., top:top + wh, left:left + ww]
-                probs = self._probabilities(model, crop)
-                if total is None:
-                    total = torch.zeros((inputs.shape[0], probs.shape[1], height, width),
-                                        device=inputs.device)
-                total[..., top:top + wh, left:left + ww] += probs
-                hits[..., top:top + wh, left:left + ww] += 1
-        return torch.log((total / hits).clamp_min(1e-12))
+        for top in window_starts(height, wh, stride[0]):
+            for left in window_starts(width, ww, stride[1]):
+                region = (Ellipsis, slice(top, top + wh), slice(left, left + ww))
+                for logits in self._views(model, inputs[region]):
+                    if log_probs is None:
+                        shape = (inputs.shape[0], logits.shape[1], height, width)
+                        log_probs = torch.full(shape, float("-inf"), device=inputs.device)
+                        norms = torch.zeros((inputs.shape[0], 1, height, width),
+                                            device=inputs.device)
+                    norm = torch.logsumexp(logits, dim=1, keepdim=True)
+                    log_probs[region] = torch.logaddexp(log_probs[region], logits - norm)
+                    norms[region] += norm
+                    hits[region] += 1
+        return log_probs - torch.log(hits) + norms / hits
 
 
 def build_predictor(evaluate_cfg, autocast=None) -> Predictor:

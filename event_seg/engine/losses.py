@@ -31,6 +31,7 @@ class SegmentationLoss(nn.Module):
         from segmentation_models_pytorch import losses
 
         self.name = name
+        self.ignore_index = ignore_index
         weight = (torch.tensor(list(class_weights), dtype=torch.float32)
                   if class_weights is not None else None)
         # smp wants the weights as a list; buffers follow the module to the device.
@@ -53,6 +54,19 @@ class SegmentationLoss(nn.Module):
             self.parts.append((self.lovasz, 1.0))
         if not self.parts:
             raise ValueError(f"unknown loss {name!r}")
+
+    def pixel_weight_sum(self, target: torch.Tensor) -> torch.Tensor:
+        """What the batch's loss is a mean over: the class weight of each labelled pixel summed
+        where cross-entropy is weighted (torch divides the weighted CE by that sum), else the
+        number of labelled pixels (an integer tensor). A split's loss is the sum over its
+        batches of ``loss * pixel_weight_sum`` divided by the sum of ``pixel_weight_sum``: the
+        mean over the split's pixels however it is cut into batches (exact for cross-entropy;
+        Dice and Lovasz are batch statistics, weighted alike)."""
+        labelled = target != self.ignore_index
+        weight = self.ce.weight if hasattr(self, "ce") else None
+        if weight is None:
+            return labelled.sum()
+        return weight.to(torch.float64)[target[labelled]].sum()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # The losses compute in float32 whatever the autocast: softmax sums over many pixels.

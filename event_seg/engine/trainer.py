@@ -105,6 +105,9 @@ class Trainer:
         self.class_weights = self._class_weights()
         self.criterion = build_loss(cfg.loss, self.info.num_classes, self.info.ignore_index,
                                     self.class_weights).to(self.device)
+        # What each evaluation batch's loss is a mean over (its labelled pixels' class weights):
+        # a split's loss is then the mean over all its pixels, whatever the batch size.
+        self._loss_weight_sum = self.criterion.pixel_weight_sum
         decay = cfg.trainer.ema.decay
         self.ema = WeightEMA(self.model, decay) if decay is not None else None
         # Evaluation: plain prediction for validation unless evaluate.in_validation; the
@@ -353,9 +356,10 @@ class Trainer:
                  predictor: Optional[Predictor] = None) -> Dict[str, float]:
         """Loss and segmentation metrics over ``loader``, named ``<prefix>_...``.
 
-        The loss is the training objective, weighted by each batch's labelled pixels (for
-        cross-entropy: the mean over every scored pixel, however the split is cut into batches
-        or shared among ranks). Sets ``scored_samples``: the samples scored, over all ranks
+        The loss is the training objective, each batch weighted by what its loss is a mean over
+        (its labelled pixels, or their class weights: SegmentationLoss.pixel_weight_sum), so
+        that cross-entropy is the mean over every scored pixel, however the split is cut into
+        batches or shared among ranks. Sets ``scored_samples``: the samples scored, over all ranks
         (``limit_batches`` may cut the split short), and ``last_confusion``.
         """
         t = self.cfg.trainer
@@ -382,10 +386,10 @@ class Trainer:
                 target = built.target
                 logits = predictor(model, built.inputs)
                 # Padded samples (target all ignore) add nothing to the loss or the metrics.
-                labelled = (target != self.info.ignore_index).sum()
-                loss = self.criterion(logits, target).double() * labelled
-                loss_sum += torch.where(labelled > 0, loss, torch.zeros_like(loss))
-                pixels += labelled
+                weight = self._loss_weight_sum(target)
+                loss = self.criterion(logits, target).double() * weight
+                loss_sum += torch.where(weight > 0, loss, torch.zeros_like(loss))
+                pixels += weight
                 samples += built.samples
             self._check_stop(epoch)
             if batch is None:
@@ -401,7 +405,9 @@ class Trainer:
         # Summed over the ranks here, by one collective every rank reaches.
         scores = metrics.compute(prefix, reduce=self.dist.sum_)
         self.last_confusion = metrics.last_confusion
-        return {f"{prefix}_loss": float(totals[0] / totals[1].clamp(min=1)), **scores}
+        # No labelled pixel: 0. A class-weight sum may be below 1, so no clamp(min=1).
+        weights = torch.where(totals[1] > 0, totals[1], torch.ones_like(totals[1]))
+        return {f"{prefix}_loss": float(totals[0] / weights), **scores}
 
     def _most_batches_of_any_rank(self, batches: int) -> int:
         if not self.dist.enabled:
