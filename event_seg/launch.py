@@ -24,6 +24,9 @@ TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 # Flags after which Hydra prints or inspects instead of running a job.
 INFO_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
               "--shell-completion", "-sc", "--package", "-p")
+# Of those, the ones whose printout is about Hydra, not this command's config: Hydra composes
+# no primary config for them, so the command's overrides (and ours) are neither checked nor added.
+HYDRA_ONLY_FLAGS = ("--hydra-help", "--shell-completion", "-sc")
 
 
 def is_sweep(argv: List[str]) -> bool:
@@ -32,6 +35,10 @@ def is_sweep(argv: List[str]) -> bool:
 
 def runs_a_job(argv: List[str]) -> bool:
     return not any(a in INFO_FLAGS or a.startswith("--cfg=") for a in argv[1:])
+
+
+def hydra_only(argv: List[str]) -> bool:
+    return any(a in HYDRA_ONLY_FLAGS or a.startswith("--shell-completion=") for a in argv[1:])
 
 
 def overrides_of(argv: List[str]) -> List[str]:
@@ -44,14 +51,21 @@ def given_timestamp(argv: List[str]) -> Optional[str]:
 
 
 def with_timestamp(argv: List[str], timestamp: str) -> List[str]:
-    """``argv`` with every ``trial_timestamp=`` replaced, or one added beside the overrides
-    (argparse takes the overrides as one run, so not after ``--cfg job``)."""
+    """``argv`` with every ``trial_timestamp=`` replaced, or one added beside the overrides."""
     if given_timestamp(argv) is not None:
         return [f"{KEY}={timestamp}" if a in overrides_of(argv)
                 and a.lstrip("+").split("=", 1)[0] == KEY else a for a in argv]
-    where = next((i for i, a in enumerate(argv) if i and "=" in a and not a.startswith("-")),
-                 len(argv))
-    return [*argv[:where], f"{KEY}={timestamp}", *argv[where:]]
+    return insert_override(argv, f"{KEY}={timestamp}")
+
+
+def insert_override(argv: List[str], override: str) -> List[str]:
+    """``argv`` with ``override`` right after the command's last override, or, when it has
+    none, right after the program name. argparse takes the overrides as one run of positional
+    arguments, so one put after ``--cfg job`` would be refused, and one put after a bare
+    ``--info`` would be taken for its argument."""
+    where = max((i + 1 for i, a in enumerate(argv) if i and "=" in a and not a.startswith("-")),
+                default=1)
+    return [*argv[:where], override, *argv[where:]]
 
 
 def compose_command(argv: List[str], config_dir: str):
@@ -246,8 +260,12 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
     Under torchrun only rank 0 claims; ``agree`` hands its timestamp to the other ranks.
     """
     given = given_timestamp(argv)
+    if hydra_only(argv):
+        return argv, None
     if not runs_a_job(argv):
-        # --cfg job, --help ...: Hydra prints; a pinned timestamp keeps the printout concrete.
+        # --cfg job, --info, --resolve ...: Hydra prints the config this command composes, so
+        # it gets the same check as a run; a pinned timestamp keeps the printout concrete.
+        compose_command(argv, config_dir)
         return (argv if given else with_timestamp(argv, datetime.datetime.now().strftime(
             TIMESTAMP_FORMAT))), None
     cfg = compose_command(argv, config_dir)
