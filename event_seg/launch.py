@@ -37,6 +37,20 @@ def runs_a_job(argv: List[str]) -> bool:
     return not any(a in INFO_FLAGS or a.startswith("--cfg=") for a in argv[1:])
 
 
+# Hydra's modes, of which a command takes one (Hydra raises a bare ValueError for two).
+MODE_FLAGS = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun",
+              "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info",
+              "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+
+
+def check_one_mode(argv: List[str]) -> None:
+    modes = list(dict.fromkeys(MODE_FLAGS[a.split("=", 1)[0]] for a in argv[1:]
+                               if a.split("=", 1)[0] in MODE_FLAGS))
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot be combined: give one of --run, "
+                          f"--multirun, --cfg, --info, --shell-completion")
+
+
 def hydra_only(argv: List[str]) -> bool:
     return any(a in HYDRA_ONLY_FLAGS or a.startswith("--shell-completion=") for a in argv[1:])
 
@@ -260,6 +274,7 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
     Under torchrun only rank 0 claims; ``agree`` hands its timestamp to the other ranks.
     """
     given = given_timestamp(argv)
+    check_one_mode(argv)
     if hydra_only(argv):
         return argv, None
     if not runs_a_job(argv):

@@ -135,6 +135,7 @@ def test_input_channels_of_each_modality_and_representation(modality, representa
     ("--cfg job trainer.epoch=3", "unknown config key: trainer.epoch (did you mean trainer.epochs?)"),
     ("--info defaults model=nope", "model=nope is not an option of model"),
     ("--resolve --cfg job trainer.epochs=ten", "trainer.epochs: Value 'ten'"),
+    ("--cfg job -m model=unet,fpn", "--cfg and --multirun cannot be combined"),
 ])
 def test_bad_input_gives_one_line_before_any_folder_or_data(tmp_path, cache, overrides, expected):
     """Checked before Hydra makes the run folder: one line, exit 2, nothing written."""
