@@ -238,16 +238,19 @@ def run_folder_pattern(cfg, sweep: bool) -> str:
 
 
 def claim_folder(pattern: str, timestamp: Optional[str],
-                 now: Callable[[], datetime.datetime] = datetime.datetime.now) -> str:
+                 now: Callable[[], datetime.datetime] = datetime.datetime.now,
+                 until_started: bool = False) -> str:
     """Locks the folder for ``timestamp`` (a named trial: refused when another process holds
     it) or, for a fresh run (``timestamp`` None), for a new timestamp whose folder no one has
     used: the second of two runs started in the same second gets ``<time>_2``. Returns the
-    timestamp. The lock lives as long as this process (folder_lock.py)."""
+    timestamp. The lock lives as long as this process (folder_lock.py); ``until_started``: a
+    new folder whose run fails before training is removed at exit."""
     from .engine import folder_lock
 
     if timestamp is not None or PLACEHOLDER not in pattern:
         chosen = timestamp or now().strftime(TIMESTAMP_FORMAT)
-        folder_lock.hold(Path(pattern.replace(PLACEHOLDER, chosen)), remove_if_unused=True)
+        folder_lock.hold(Path(pattern.replace(PLACEHOLDER, chosen)), remove_if_unused=True,
+                         remove_unless_started=until_started)
         return chosen
     base = now().strftime(TIMESTAMP_FORMAT)
     for n in range(1, 1000):
@@ -256,7 +259,7 @@ def claim_folder(pattern: str, timestamp: Optional[str],
         if folder.exists() and not folder_lock.is_unused(folder):
             continue  # used by an earlier run, even a finished one
         try:
-            folder_lock.hold(folder, remove_if_unused=True)
+            folder_lock.hold(folder, remove_if_unused=True, remove_unless_started=until_started)
         except folder_lock.FolderInUse:
             continue  # taken a moment ago by a run started in the same second
         if not folder_lock.is_unused(folder):
@@ -290,8 +293,10 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
         from .latest import latest_timestamp
 
         given = latest_timestamp(pattern, sweep, run_name=str(cfg.run_name))
+    # A single run's new folder goes again when its start fails; a sweep's folder holds its
+    # jobs' records (job_status.json, the summary) whatever they did.
     if given is None:
-        given = agree(claim_folder(pattern, None) if main_rank else "")
+        given = agree(claim_folder(pattern, None, until_started=not sweep) if main_rank else "")
     elif main_rank:
-        claim_folder(pattern, given)
+        claim_folder(pattern, given, until_started=not sweep)
     return with_timestamp(argv, given), (pattern.replace(PLACEHOLDER, given) if sweep else None)

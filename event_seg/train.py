@@ -66,16 +66,18 @@ def run(cfg: DictConfig) -> float:
     planned = (saved or {}).get("trainer", {}).get("epochs") if source == trial.last_checkpoint else None
     check_epochs(cfg.trainer.epochs, saved_epoch, planned, done and done.get("epochs"),
                  trial.run_dir, way_out)
-    if ctx.is_main:
-        write_text_atomic(trial.run_dir / "config.yaml",
-                          OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    if ctx.enabled:
+        per_step = cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches
+        log.info("DDP: world size %d, global batch size %d (trainer.batch_size=%d per process%s)",
+                 ctx.world_size, per_step * ctx.world_size, cfg.trainer.batch_size,
+                 f" x {cfg.trainer.accumulate_grad_batches} accumulated batches"
+                 if cfg.trainer.accumulate_grad_batches > 1 else "")
 
-    if not ctx.is_main:
-        ctx.barrier()  # rank 0 generates or indexes the data first; the others then read it
-    data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed,
-                      rank=ctx.rank, world_size=ctx.world_size)
-    if ctx.is_main:
-        ctx.barrier()
+    # Rank 0 generates or indexes the data first; the others then read it (or, when it
+    # failed, stop quietly: rank 0 reports why).
+    with ctx.main_first():
+        data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed,
+                          rank=ctx.rank, world_size=ctx.world_size)
     if cfg.optimized_metric.startswith("test_") and "test" not in data.loaders:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric} needs a test split, and "
                           f"{data.info.name} at {data.info.root} has none; optimise a best_val_* "
@@ -106,6 +108,13 @@ def run(cfg: DictConfig) -> float:
         "dataset": data.info.as_dict(),
         "model_parameters": count_parameters(model),
     }
+    if ctx.is_main:
+        # Written once the start has succeeded: a start that fails (no dataset, a model that
+        # does not build) leaves no config a later command would be held to, and the folder
+        # this command made is removed again (folder_lock). From here on it is kept.
+        write_text_atomic(trial.run_dir / "config.yaml",
+                          OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        folder_lock.started(trial.run_dir)
     exit_code = 1  # anything escaping below is a failure unless fit() returns
     try:
         loggers.log_config(resolved, meta)
@@ -388,13 +397,19 @@ def pin_override(argv, override: str):
 def hydra_main(cfg: DictConfig) -> float:
     if _in_multirun():
         return _run_sweep_job(cfg)
+    from .distributed import PeerFailed, rank
+
     try:
         return run(cfg)
     except Preempted as stop:
         sys.exit(stop.exit_code)
+    except PeerFailed as e:  # rank 0 failed and said why; this rank just stops
+        sys.exit(e.exit_code)
     except EventSegError as e:
-        # One readable line instead of a traceback: these are errors the user can fix.
-        log.error("%s", e)
+        # One readable line instead of a traceback: these are errors the user can fix. Under
+        # torchrun every rank meets the same one; rank 0 reports it.
+        if rank() == 0:
+            log.error("%s", e)
         sys.exit(2)
     except Exception:
         # Hydra prints the traceback on the console; train.log must keep it too.
