@@ -61,6 +61,25 @@ def agree_on_timestamp(timestamp: str) -> str:
     return box[0]
 
 
+def leave_it_to_rank_0(line: str, exit_code: int = 2, timeout_s: float = 30.0) -> None:
+    """Ends a rank > 0 that met an error rank 0 meets too (the same command, the same config):
+    rank 0 prints it and exits, and torchrun then stops this process (its SIGTERM ends it here
+    with ``exit_code``). Exiting at once instead would race rank 0: torchrun stops the others
+    as soon as one process ends, often before rank 0 has printed anything. Still running after
+    ``timeout_s``, the error is this rank's own (a file only its node lacks): it prints ``line``."""
+    import signal
+    import sys
+    import time
+
+    def stopped(signum, frame):
+        raise SystemExit(exit_code)
+
+    signal.signal(signal.SIGTERM, stopped)
+    time.sleep(timeout_s)
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(exit_code)
+
+
 class PeerFailed(EventSegError):
     """Rank 0 failed in a step the others waited for (rank 0 reports the error itself)."""
 

@@ -66,12 +66,6 @@ def run(cfg: DictConfig) -> float:
     planned = (saved or {}).get("trainer", {}).get("epochs") if source == trial.last_checkpoint else None
     check_epochs(cfg.trainer.epochs, saved_epoch, planned, done and done.get("epochs"),
                  trial.run_dir, way_out)
-    if ctx.enabled:
-        per_step = cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches
-        log.info("DDP: world size %d, global batch size %d (trainer.batch_size=%d per process%s)",
-                 ctx.world_size, per_step * ctx.world_size, cfg.trainer.batch_size,
-                 f" x {cfg.trainer.accumulate_grad_batches} accumulated batches"
-                 if cfg.trainer.accumulate_grad_batches > 1 else "")
 
     # Rank 0 generates or indexes the data first; the others then read it (or, when it
     # failed, stop quietly: rank 0 reports why).
@@ -85,6 +79,12 @@ def run(cfg: DictConfig) -> float:
     log.info("Dataset %s at %s: %s, %s x%d, input channels %d", data.info.name, data.info.root,
              data.info.split_sizes, data.info.representation, data.info.event_channels,
              data.info.input_channels)
+    if ctx.enabled:
+        per_step = cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches
+        log.info("DDP: world size %d, global batch size %d (trainer.batch_size=%d per process%s)",
+                 ctx.world_size, per_step * ctx.world_size, cfg.trainer.batch_size,
+                 f" x {cfg.trainer.accumulate_grad_batches} accumulated batches"
+                 if cfg.trainer.accumulate_grad_batches > 1 else "")
     if trial.resume_path is not None:
         cfg.model.encoder_weights = None  # a resume takes every weight from last.pt
     model = build_model(cfg.model, data.info)
@@ -302,8 +302,11 @@ def main() -> None:
         if rank() > 0:  # rank 0 writes .hydra/ for the job
             sys.argv = pin_override(sys.argv, "hydra.output_subdir=null")
     except EventSegError as e:
-        if rank() == 0:
-            print(f"error: {e}", file=sys.stderr)
+        if rank() > 0:
+            from .distributed import leave_it_to_rank_0
+
+            leave_it_to_rank_0(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if sweep_dir is None or rank() > 0:
         hydra_main()
@@ -397,20 +400,20 @@ def pin_override(argv, override: str):
 def hydra_main(cfg: DictConfig) -> float:
     if _in_multirun():
         return _run_sweep_job(cfg)
-    from .distributed import PeerFailed, rank
+    from .distributed import PeerFailed, leave_it_to_rank_0, rank
 
     try:
         return run(cfg)
     except Preempted as stop:
         sys.exit(stop.exit_code)
-    except PeerFailed as e:  # rank 0 failed and said why; this rank just stops
-        sys.exit(e.exit_code)
     except EventSegError as e:
         # One readable line instead of a traceback: these are errors the user can fix. Under
-        # torchrun every rank meets the same one; rank 0 reports it.
-        if rank() == 0:
-            log.error("%s", e)
-        sys.exit(2)
+        # torchrun every rank meets the same one (or, PeerFailed, rank 0's); rank 0 reports it.
+        code = e.exit_code if isinstance(e, PeerFailed) else 2
+        if rank() > 0:
+            leave_it_to_rank_0(f"error: {e}", code)
+        log.error("%s", e)
+        sys.exit(code)
     except Exception:
         # Hydra prints the traceback on the console; train.log must keep it too.
         _log_to_files_only(logging.ERROR, "The run failed", exc_info=sys.exc_info())
