@@ -44,16 +44,14 @@ def latest_timestamp(pattern: str, sweep: bool, run_name: str = "") -> str:
     from .engine.folder_lock import is_unused
 
     # A folder holding only a lock file is a command that never ran (or is just starting).
-    runs = ([p for p in parent.glob(glob) if p.is_dir() and fnmatch.fnmatch(p.name, glob)
-             and not is_unused(p)] if PLACEHOLDER not in str(parent) and parent.is_dir() else [])
+    found = ([p for p in parent.glob(glob) if p.is_dir() and fnmatch.fnmatch(p.name, glob)
+              and not is_unused(p)] if PLACEHOLDER not in str(parent) and parent.is_dir() else [])
+    timestamps = {p: regex.match(p.name).group(1) for p in found}
+    runs = [p for p in found if _is_run_of(p, timestamps[p])]
     if not runs:
         what = "sweep" if sweep else "run"
-        raise ConfigError(f"{KEY}=latest: no earlier {what} matches {parent / glob}")
-    timestamps = {p: regex.match(p.name).group(1) for p in runs}
-    runs = [p for p in runs if _is_run_of(p, timestamps[p])]
-    if not runs:
-        what = "sweep" if sweep else "run"
-        raise ConfigError(f"{KEY}=latest: no earlier {what} matches {parent / glob}")
+        raise ConfigError(f"{KEY}=latest: no earlier {what} named "
+                          f"{parent / folder.name.replace(PLACEHOLDER, '<timestamp>')}")
     newest = max(runs, key=lambda p: _started(timestamps[p], p))
     return timestamps[newest]
 
