@@ -11,7 +11,10 @@ on a file system all nodes share (the usual cluster home or scratch). NCCL on GP
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from .errors import EventSegError
 
 
 def world_size() -> int:
@@ -58,6 +61,33 @@ def agree_on_timestamp(timestamp: str) -> str:
     return box[0]
 
 
+def leave_it_to_rank_0(line: str, exit_code: int = 2, timeout_s: float = 30.0) -> None:
+    """Ends a rank > 0 that met an error rank 0 meets too (the same command, the same config):
+    rank 0 prints it and exits, and torchrun then stops this process (its SIGTERM ends it here
+    with ``exit_code``). Exiting at once instead would race rank 0: torchrun stops the others
+    as soon as one process ends, often before rank 0 has printed anything. Still running after
+    ``timeout_s``, the error is this rank's own (a file only its node lacks): it prints ``line``."""
+    import signal
+    import sys
+    import time
+
+    def stopped(signum, frame):
+        raise SystemExit(exit_code)
+
+    signal.signal(signal.SIGTERM, stopped)
+    time.sleep(timeout_s)
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(exit_code)
+
+
+class PeerFailed(EventSegError):
+    """Rank 0 failed in a step the others waited for (rank 0 reports the error itself)."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"rank 0 failed (exit code {exit_code}); its error says why")
+        self.exit_code = exit_code
+
+
 @dataclass
 class Context:
     """Where this process stands in the job; a single process is rank 0 of 1."""
@@ -79,6 +109,37 @@ class Context:
             import torch.distributed as dist
 
             dist.barrier()
+
+    @contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first, the others after it (rank 0 generates or indexes the
+        data they then read). When rank 0 fails in it, the others raise :class:`PeerFailed`
+        with its exit code instead of meeting a closed connection in the next collective (a
+        traceback per rank, under the one line that says what went wrong)."""
+        if not self.enabled:
+            yield
+            return
+        if not self.is_main:
+            code = self._agree_exit_code(0)
+            if code:
+                raise PeerFailed(code)
+            yield
+            return
+        try:
+            yield
+        except BaseException as e:
+            self._agree_exit_code(2 if isinstance(e, EventSegError) else 1)
+            raise
+        self._agree_exit_code(0)
+
+    def _agree_exit_code(self, code: int) -> int:
+        """The largest exit code any rank brings (0: all went well); a barrier too."""
+        import torch
+        import torch.distributed as dist
+
+        box = torch.tensor([code], dtype=torch.int64)  # CPU: gloo carries it on every group
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return int(box.item())
 
     def sum_(self, tensor):
         """Sums ``tensor`` over the ranks in place (a no-op alone); returns it."""

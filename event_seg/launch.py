@@ -24,6 +24,9 @@ TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 # Flags after which Hydra prints or inspects instead of running a job.
 INFO_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
               "--shell-completion", "-sc", "--package", "-p")
+# Of those, the ones whose printout is about Hydra, not this command's config: Hydra composes
+# no primary config for them, so the command's overrides (and ours) are neither checked nor added.
+HYDRA_ONLY_FLAGS = ("--hydra-help", "--shell-completion", "-sc")
 
 
 def is_sweep(argv: List[str]) -> bool:
@@ -32,6 +35,24 @@ def is_sweep(argv: List[str]) -> bool:
 
 def runs_a_job(argv: List[str]) -> bool:
     return not any(a in INFO_FLAGS or a.startswith("--cfg=") for a in argv[1:])
+
+
+# Hydra's modes, of which a command takes one (Hydra raises a bare ValueError for two).
+MODE_FLAGS = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun",
+              "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info",
+              "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+
+
+def check_one_mode(argv: List[str]) -> None:
+    modes = list(dict.fromkeys(MODE_FLAGS[a.split("=", 1)[0]] for a in argv[1:]
+                               if a.split("=", 1)[0] in MODE_FLAGS))
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot be combined: give one of --run, "
+                          f"--multirun, --cfg, --info, --shell-completion")
+
+
+def hydra_only(argv: List[str]) -> bool:
+    return any(a in HYDRA_ONLY_FLAGS or a.startswith("--shell-completion=") for a in argv[1:])
 
 
 def overrides_of(argv: List[str]) -> List[str]:
@@ -44,14 +65,21 @@ def given_timestamp(argv: List[str]) -> Optional[str]:
 
 
 def with_timestamp(argv: List[str], timestamp: str) -> List[str]:
-    """``argv`` with every ``trial_timestamp=`` replaced, or one added beside the overrides
-    (argparse takes the overrides as one run, so not after ``--cfg job``)."""
+    """``argv`` with every ``trial_timestamp=`` replaced, or one added beside the overrides."""
     if given_timestamp(argv) is not None:
         return [f"{KEY}={timestamp}" if a in overrides_of(argv)
                 and a.lstrip("+").split("=", 1)[0] == KEY else a for a in argv]
-    where = next((i for i, a in enumerate(argv) if i and "=" in a and not a.startswith("-")),
-                 len(argv))
-    return [*argv[:where], f"{KEY}={timestamp}", *argv[where:]]
+    return insert_override(argv, f"{KEY}={timestamp}")
+
+
+def insert_override(argv: List[str], override: str) -> List[str]:
+    """``argv`` with ``override`` right after the command's last override, or, when it has
+    none, right after the program name. argparse takes the overrides as one run of positional
+    arguments, so one put after ``--cfg job`` would be refused, and one put after a bare
+    ``--info`` would be taken for its argument."""
+    where = max((i + 1 for i, a in enumerate(argv) if i and "=" in a and not a.startswith("-")),
+                default=1)
+    return [*argv[:where], override, *argv[where:]]
 
 
 def compose_command(argv: List[str], config_dir: str):
@@ -210,16 +238,19 @@ def run_folder_pattern(cfg, sweep: bool) -> str:
 
 
 def claim_folder(pattern: str, timestamp: Optional[str],
-                 now: Callable[[], datetime.datetime] = datetime.datetime.now) -> str:
+                 now: Callable[[], datetime.datetime] = datetime.datetime.now,
+                 until_started: bool = False) -> str:
     """Locks the folder for ``timestamp`` (a named trial: refused when another process holds
     it) or, for a fresh run (``timestamp`` None), for a new timestamp whose folder no one has
     used: the second of two runs started in the same second gets ``<time>_2``. Returns the
-    timestamp. The lock lives as long as this process (folder_lock.py)."""
+    timestamp. The lock lives as long as this process (folder_lock.py); ``until_started``: a
+    new folder whose run fails before training is removed at exit."""
     from .engine import folder_lock
 
     if timestamp is not None or PLACEHOLDER not in pattern:
         chosen = timestamp or now().strftime(TIMESTAMP_FORMAT)
-        folder_lock.hold(Path(pattern.replace(PLACEHOLDER, chosen)), remove_if_unused=True)
+        folder_lock.hold(Path(pattern.replace(PLACEHOLDER, chosen)), remove_if_unused=True,
+                         remove_unless_started=until_started)
         return chosen
     base = now().strftime(TIMESTAMP_FORMAT)
     for n in range(1, 1000):
@@ -228,7 +259,7 @@ def claim_folder(pattern: str, timestamp: Optional[str],
         if folder.exists() and not folder_lock.is_unused(folder):
             continue  # used by an earlier run, even a finished one
         try:
-            folder_lock.hold(folder, remove_if_unused=True)
+            folder_lock.hold(folder, remove_if_unused=True, remove_unless_started=until_started)
         except folder_lock.FolderInUse:
             continue  # taken a moment ago by a run started in the same second
         if not folder_lock.is_unused(folder):
@@ -246,8 +277,13 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
     Under torchrun only rank 0 claims; ``agree`` hands its timestamp to the other ranks.
     """
     given = given_timestamp(argv)
+    check_one_mode(argv)
+    if hydra_only(argv):
+        return argv, None
     if not runs_a_job(argv):
-        # --cfg job, --help ...: Hydra prints; a pinned timestamp keeps the printout concrete.
+        # --cfg job, --info, --resolve ...: Hydra prints the config this command composes, so
+        # it gets the same check as a run; a pinned timestamp keeps the printout concrete.
+        compose_command(argv, config_dir)
         return (argv if given else with_timestamp(argv, datetime.datetime.now().strftime(
             TIMESTAMP_FORMAT))), None
     cfg = compose_command(argv, config_dir)
@@ -257,8 +293,10 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
         from .latest import latest_timestamp
 
         given = latest_timestamp(pattern, sweep, run_name=str(cfg.run_name))
+    # A single run's new folder goes again when its start fails; a sweep's folder holds its
+    # jobs' records (job_status.json, the summary) whatever they did.
     if given is None:
-        given = agree(claim_folder(pattern, None) if main_rank else "")
+        given = agree(claim_folder(pattern, None, until_started=not sweep) if main_rank else "")
     elif main_rank:
-        claim_folder(pattern, given)
+        claim_folder(pattern, given, until_started=not sweep)
     return with_timestamp(argv, given), (pattern.replace(PLACEHOLDER, given) if sweep else None)

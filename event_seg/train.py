@@ -66,16 +66,12 @@ def run(cfg: DictConfig) -> float:
     planned = (saved or {}).get("trainer", {}).get("epochs") if source == trial.last_checkpoint else None
     check_epochs(cfg.trainer.epochs, saved_epoch, planned, done and done.get("epochs"),
                  trial.run_dir, way_out)
-    if ctx.is_main:
-        write_text_atomic(trial.run_dir / "config.yaml",
-                          OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
-    if not ctx.is_main:
-        ctx.barrier()  # rank 0 generates or indexes the data first; the others then read it
-    data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed,
-                      rank=ctx.rank, world_size=ctx.world_size)
-    if ctx.is_main:
-        ctx.barrier()
+    # Rank 0 generates or indexes the data first; the others then read it (or, when it
+    # failed, stop quietly: rank 0 reports why).
+    with ctx.main_first():
+        data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed,
+                          rank=ctx.rank, world_size=ctx.world_size)
     if cfg.optimized_metric.startswith("test_") and "test" not in data.loaders:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric} needs a test split, and "
                           f"{data.info.name} at {data.info.root} has none; optimise a best_val_* "
@@ -83,6 +79,12 @@ def run(cfg: DictConfig) -> float:
     log.info("Dataset %s at %s: %s, %s x%d, input channels %d", data.info.name, data.info.root,
              data.info.split_sizes, data.info.representation, data.info.event_channels,
              data.info.input_channels)
+    if ctx.enabled:
+        per_step = cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches
+        log.info("DDP: world size %d, global batch size %d (trainer.batch_size=%d per process%s)",
+                 ctx.world_size, per_step * ctx.world_size, cfg.trainer.batch_size,
+                 f" x {cfg.trainer.accumulate_grad_batches} accumulated batches"
+                 if cfg.trainer.accumulate_grad_batches > 1 else "")
     if trial.resume_path is not None:
         cfg.model.encoder_weights = None  # a resume takes every weight from last.pt
     model = build_model(cfg.model, data.info)
@@ -106,6 +108,13 @@ def run(cfg: DictConfig) -> float:
         "dataset": data.info.as_dict(),
         "model_parameters": count_parameters(model),
     }
+    if ctx.is_main:
+        # Written once the start has succeeded: a start that fails (no dataset, a model that
+        # does not build) leaves no config a later command would be held to, and the folder
+        # this command made is removed again (folder_lock). From here on it is kept.
+        write_text_atomic(trial.run_dir / "config.yaml",
+                          OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        folder_lock.started(trial.run_dir)
     exit_code = 1  # anything escaping below is a failure unless fit() returns
     try:
         loggers.log_config(resolved, meta)
@@ -194,14 +203,98 @@ def seed_everything(seed: int) -> None:
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+# The keys most commands set, in the order --help lists them (each with its default).
+MOST_USED_KEYS = (
+    ("trainer.epochs", "epochs to train"),
+    ("trainer.batch_size", "samples per batch (per process under torchrun)"),
+    ("trainer.device", "auto | cpu | cuda | cuda:N"),
+    ("trainer.precision", "auto | fp32 | bf16 | fp16"),
+    ("trainer.num_workers", "DataLoader worker processes"),
+    ("trainer.limit_batches", "the most batches per stage per epoch (quick runs)"),
+    ("optimizer.lr", "learning rate"),
+    ("model.encoder_name", "any segmentation_models_pytorch encoder"),
+    ("dataset.root", "the folder of a real dataset"),
+    ("dataset.modality", "rgb | events | rgb+events"),
+    ("dataset.representation", "voxel_grid | histogram | time_surface | mdes"),
+    ("dataset.num_bins", "time bins of the voxel grid and MDES"),
+    ("loss.class_weights", "a list, or auto"),
+    ("paths.output_root", "where run folders go"),
+    ("trial_timestamp", "names the run folder; an earlier one (or latest) resumes it"),
+    ("optimized_metric", "what a sweep ranks its jobs by"),
+)
+
+
+def train_help(config_dir: str = CONFIG_DIR) -> str:
+    """``--help``: the config groups and their options as conf/ holds them, the most used keys
+    with their defaults, examples, and where the rest is documented."""
+    import textwrap
+
+    import yaml
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(config_dir)
+    defaults = {}
+    for entry in yaml.safe_load((conf / "train.yaml").read_text()).get("defaults", []):
+        if isinstance(entry, dict):
+            defaults.update({str(k).lstrip("/"): v for k, v in entry.items()})
+    groups = sorted(str(p.parent.relative_to(conf)) for p in conf.rglob("*.yaml")
+                    if p.parent != conf)
+    width = max(map(len, groups)) + 2
+    lines = [
+        "usage: python -m event_seg.train [group=option ...] [key=value ...]  (or event-seg-train)",
+        "",
+        "Trains one run into <paths.output_root>/<model>_<timestamp>/ (config.yaml, train.log,",
+        "checkpoints/, metrics.json). Every key is checked against the schema before anything runs.",
+        "",
+        "Config groups (group=option; the default in brackets):",
+    ]
+    for group in dict.fromkeys(groups):
+        options = ", ".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
+        if group in defaults:
+            options += f"  [{defaults[group] or 'none'}]"
+        lines += textwrap.wrap(options, 96, initial_indent=f"  {group:<{width}}",
+                               subsequent_indent=" " * (width + 2), break_on_hyphens=False)
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        raw = OmegaConf.to_container(compose("train"), resolve=False)
+    lines += ["", "Most used keys (key=value; the default in brackets; --cfg job prints them all):"]
+    for key, what in MOST_USED_KEYS:
+        value = raw
+        for part in key.split("."):
+            value = value[part]
+        value = "null" if value is None else value
+        lines.append(f"  {key:<24}{what}  [{value}]")
+    lines += [
+        "",
+        "Examples:",
+        "  python -m event_seg.train model=fpn dataset.modality=rgb trainer.epochs=20",
+        "  python -m event_seg.train debug=smoke                 a run that takes seconds",
+        "  python -m event_seg.train -m model=unet,fpn           a sweep: one job per value",
+        "  python -m event_seg.train hparams_search=optuna       an Optuna search",
+        "  python -m event_seg.train trial_timestamp=latest      resume the newest run of the name",
+        "",
+        "Flags: -m/--multirun (a sweep), --cfg job (print the composed config, run nothing),",
+        "--info [defaults|config|searchpath|plugins], --resolve, --hydra-help (Hydra's own flags).",
+        "Docs: docs/configuration.md (every key), docs/run_folders.md, docs/sweeps.md,",
+        "docs/reliability.md (resume and pre-emption), docs/training_toolkit.md.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """The console script and ``python -m event_seg.train``."""
     from .distributed import agree_on_timestamp, rank
-    from .launch import settle
+    from .launch import hydra_only, settle
 
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        sys.stdout.write(train_help())
+        sys.exit(0)
+    if hydra_only(sys.argv):  # --hydra-help, shell completion: Hydra's, about Hydra
+        hydra_main()
+        return
     try:
         # Checks the command in one line, pins trial_timestamp (``${now:}`` would be evaluated
-        # by each SLURM requeue and each torchrun rank) and claims the run folder.
+        # by each SLURM requeue and each torchrun rank) and claims the run folder. Under
+        # torchrun every rank checks it before the process group starts; rank 0 says why.
         sys.argv, sweep_dir = settle(sys.argv, CONFIG_DIR, main_rank=rank() == 0,
                                      agree=agree_on_timestamp)
         command = sys.argv[1:]  # the user's, with the timestamp pinned: how to resume it
@@ -209,6 +302,10 @@ def main() -> None:
         if rank() > 0:  # rank 0 writes .hydra/ for the job
             sys.argv = pin_override(sys.argv, "hydra.output_subdir=null")
     except EventSegError as e:
+        if rank() > 0:
+            from .distributed import leave_it_to_rank_0
+
+            leave_it_to_rank_0(f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if sweep_dir is None or rank() > 0:
@@ -293,25 +390,30 @@ def name_jobs_by_swept_keys(argv):
 
 
 def pin_override(argv, override: str):
-    """Inserts ``override`` beside the other overrides: argparse takes them as one run of
-    positional arguments, so one after ``--cfg job`` would be refused."""
-    where = next((i for i, a in enumerate(argv) if i and "=" in a and not a.startswith("-")),
-                 len(argv))
-    return [*argv[:where], override, *argv[where:]]
+    """Inserts ``override`` beside the other overrides (launch.insert_override)."""
+    from .launch import insert_override
+
+    return insert_override(argv, override)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     if _in_multirun():
         return _run_sweep_job(cfg)
+    from .distributed import PeerFailed, leave_it_to_rank_0, rank
+
     try:
         return run(cfg)
     except Preempted as stop:
         sys.exit(stop.exit_code)
     except EventSegError as e:
-        # One readable line instead of a traceback: these are errors the user can fix.
+        # One readable line instead of a traceback: these are errors the user can fix. Under
+        # torchrun every rank meets the same one (or, PeerFailed, rank 0's); rank 0 reports it.
+        code = e.exit_code if isinstance(e, PeerFailed) else 2
+        if rank() > 0:
+            leave_it_to_rank_0(f"error: {e}", code)
         log.error("%s", e)
-        sys.exit(2)
+        sys.exit(code)
     except Exception:
         # Hydra prints the traceback on the console; train.log must keep it too.
         _log_to_files_only(logging.ERROR, "The run failed", exc_info=sys.exc_info())

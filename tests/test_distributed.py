@@ -116,3 +116,30 @@ def test_uneven_evaluation_shards_give_single_process_metrics(tmp_path):
             else:
                 assert r["sharded"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (
                     r["size"], r["batch"], key)
+
+
+def test_a_ddp_run_logs_its_world_size_and_global_batch_size(ddp_run):
+    _, proc = ddp_run
+    output = proc.stdout + proc.stderr
+    assert output.count("DDP: world size 2, global batch size 4 (trainer.batch_size=2 per "
+                        "process)") == 1, output
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # Found by the command check, before the process group starts.
+    (["trainer.epoch=3"], "unknown config key: trainer.epoch (did you mean trainer.epochs?)"),
+    # Found by rank 0 while the others wait for its data.
+    (["dataset=event_scapes", "dataset.root=/no/such/folder"],
+     "dataset.root=/no/such/folder does not exist or is not a folder"),
+])
+def test_a_config_error_under_torchrun_is_one_line_from_rank_0(tmp_path, cache, overrides,
+                                                               message):
+    proc = torchrun(tmp_path, cache, *overrides)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0  # torchrun exits 1 when its processes exit 2
+    assert message in output.splitlines()[0] and output.count(message) == 1, output
+    # No broken-pipe tracebacks from the other rank, no Hydra report: torchrun's own failure
+    # summary (its ChildFailedError) is all that follows the line.
+    assert "Connection closed" not in output and "Error executing job" not in output, output
+    assert output.count("Traceback") <= 1, output
+    assert list(tmp_path.iterdir()) == []

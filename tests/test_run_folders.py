@@ -109,3 +109,56 @@ def test_a_refused_command_never_removes_a_folder_it_did_not_make(tmp_path, cach
          "--nope"], cwd=REPO, env={**os.environ, "EVENT_SEG_CACHE": str(cache)},
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and mine.is_dir() and not (mine / ".lock").exists()
+
+
+def _run_of(folder: Path, timestamp: str) -> None:
+    """A run folder as training leaves it: its config.yaml records the timestamp."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"trial_timestamp: {timestamp}\nrun_name: {folder.name}\n")
+
+
+def test_latest_matches_the_run_name_exactly_not_a_longer_one(tmp_path):
+    _run_of(tmp_path / "unet_2026-01-01_00-00-00", "2026-01-01_00-00-00")
+    # model.name=unet_small: its folders share the prefix `unet_`, but are another run's.
+    _run_of(tmp_path / "unet_small_2026-01-02_00-00-00", "2026-01-02_00-00-00")
+    (tmp_path / "unet_small_2026-01-03_00-00-00").mkdir()  # no config yet: told by its name
+    (tmp_path / "unet_small_2026-01-03_00-00-00" / "train.log").write_text("")
+    pattern = str(tmp_path / f"unet_{PLACEHOLDER}")
+    assert latest_timestamp(pattern, sweep=False) == "2026-01-01_00-00-00"
+    # A timestamp of one's own (trial_timestamp=foo) is a run of the name too.
+    _run_of(tmp_path / "unet_foo", "foo")
+    assert latest_timestamp(pattern, sweep=False) == "foo"
+    assert latest_timestamp(str(tmp_path / f"unet_small_{PLACEHOLDER}"), sweep=False) == \
+        "2026-01-03_00-00-00"
+
+
+def train(out: Path, cache: Path, *overrides, crash_at: str = ""):
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "HYDRA_FULL_ERROR": "0",
+           "EVENT_SEG_CRASH_AT": crash_at}
+    cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+           "trainer.epochs=1", "trainer.inference.enabled=false", "trainer.vis.num_batches=0",
+           f"paths.output_root={out}", *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_failed_start_leaves_no_folder_and_the_corrected_command_starts(tmp_path, cache):
+    missing = tmp_path / "no-such-dataset"
+    failed = train(tmp_path, cache, "trial_timestamp=t", "dataset=event_scapes",
+                   f"dataset.root={missing}")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 2 and str(missing) in output and "Traceback" not in output
+    assert not (tmp_path / "unet_t").exists(), list((tmp_path / "unet_t").iterdir())
+    fixed = train(tmp_path, cache, "trial_timestamp=t")  # the synthetic set, as meant
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert (tmp_path / "unet_t" / "metrics.json").is_file()
+
+
+def test_a_resumed_run_that_fails_at_start_keeps_its_folder(tmp_path, cache):
+    killed = train(tmp_path, cache, "trial_timestamp=r", crash_at="train:1:0")
+    assert killed.returncode != 0
+    run_dir = tmp_path / "unet_r"
+    config = (run_dir / "config.yaml").read_text()  # stopped in its first epoch
+    failed = train(tmp_path, cache, "trial_timestamp=r", f"dataset.root={tmp_path / 'moved'}")
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert (run_dir / "config.yaml").read_text() == config
+    assert (run_dir / "train.log").is_file()

@@ -131,6 +131,11 @@ def test_input_channels_of_each_modality_and_representation(modality, representa
     ("hydra/launcher=nope", "hydra/launcher=nope is not an option of hydra/launcher"),
     ("trainer.epochs=${oops}", "trainer.epochs: Interpolation key 'oops' not found"),
     ("hydra.run.dir=", "hydra.run.dir / hydra.sweep.dir is empty"),
+    # Hydra's printing flags get the same check as a run, not Hydra's 8-line error.
+    ("--cfg job trainer.epoch=3", "unknown config key: trainer.epoch (did you mean trainer.epochs?)"),
+    ("--info defaults model=nope", "model=nope is not an option of model"),
+    ("--resolve --cfg job trainer.epochs=ten", "trainer.epochs: Value 'ten'"),
+    ("--cfg job -m model=unet,fpn", "--cfg and --multirun cannot be combined"),
 ])
 def test_bad_input_gives_one_line_before_any_folder_or_data(tmp_path, cache, overrides, expected):
     """Checked before Hydra makes the run folder: one line, exit 2, nothing written."""
@@ -139,7 +144,7 @@ def test_bad_input_gives_one_line_before_any_folder_or_data(tmp_path, cache, ove
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert expected in output.strip().splitlines()[-1] and "Traceback" not in output, output
-    if not overrides.startswith("--"):  # argparse's own usage lines come first there
+    if overrides != "--bogus":  # argparse's own usage lines come first there
         assert output.strip().splitlines() == [f"error: {output.strip()[7:]}"], output
     # No run or sweep folder (a `multirun/` parent at most) and no data built.
     assert [p.name for p in out.rglob("*")] in ([], ["multirun"]), list(out.rglob("*"))

@@ -13,31 +13,39 @@ import fcntl
 import os
 import socket
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Set
 
 from ..errors import ConfigError
 
 LOCK_NAME = ".lock"
 _held: Dict[str, int] = {}  # resolved folder -> the open lock file of this process
+_started: Set[str] = set()  # resolved folders whose run began training (see started())
 
 
 class FolderInUse(ConfigError):
     """Another live process holds the folder."""
 
 
-def hold(folder: Path, remove_if_unused: bool = False) -> None:
+def hold(folder: Path, remove_if_unused: bool = False,
+         remove_unless_started: bool = False) -> None:
     """Locks ``folder`` for the rest of this process (a no-op when this process holds it).
 
     Raises :class:`FolderInUse` naming the holder when another process has it.
     ``remove_if_unused``: at exit, a folder that still holds nothing but the lock is removed (a
     command refused after the claim, e.g. by Hydra's argument parser, leaves no folder that
     ``trial_timestamp=latest`` would then take for the newest run).
+    ``remove_unless_started``: a folder that held nothing when claimed is also emptied and
+    removed at exit when its run never began training (:func:`started`): a start that failed
+    (a dataset missing, a model that does not build) leaves no config.yaml that the corrected
+    command would be held to, and nothing ``latest`` would resume. A folder that held a run
+    before is never touched.
     """
     folder = Path(folder)
     key = str(folder.resolve())
     if key in _held:
         return
     created = not folder.exists()  # only a folder made here is removed again (at exit, unused)
+    fresh = created or is_unused(folder)  # nothing in it is anyone else's
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -50,8 +58,14 @@ def hold(folder: Path, remove_if_unused: bool = False) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _held[key] = fd
-    if remove_if_unused:
-        atexit.register(_remove_if_unused, folder, created)
+    if remove_if_unused or remove_unless_started:
+        atexit.register(_remove_if_unused, folder, created, fresh and remove_unless_started)
+
+
+def started(folder: Path) -> None:
+    """The run in ``folder`` begins training: from now on its folder is kept whatever happens
+    (a stop, a crash in an epoch: what is there is what a resume or a post-mortem needs)."""
+    _started.add(str(Path(folder).resolve()))
 
 
 def is_unused(folder: Path) -> bool:
@@ -59,10 +73,16 @@ def is_unused(folder: Path) -> bool:
     return all(p.name == LOCK_NAME for p in Path(folder).iterdir())
 
 
-def _remove_if_unused(folder: Path, created: bool) -> None:
-    """Takes back what the claim added: the lock file, and the folder if the claim made it."""
+def _remove_if_unused(folder: Path, created: bool, unless_started: bool = False) -> None:
+    """Takes back what the claim added: the lock file, and the folder if the claim made it;
+    with ``unless_started``, also what a start that failed wrote there."""
     try:
-        if str(folder.resolve()) not in _held or not is_unused(folder):
+        key = str(folder.resolve())
+        if key not in _held:
+            return
+        if unless_started and key not in _started:
+            _empty(folder)
+        elif not is_unused(folder):
             return
         (folder / LOCK_NAME).unlink()
         release(folder)
@@ -70,6 +90,19 @@ def _remove_if_unused(folder: Path, created: bool) -> None:
             folder.rmdir()
     except OSError:
         pass  # someone else's lock file appeared meanwhile: theirs now
+
+
+def _empty(folder: Path) -> None:
+    """Removes everything in ``folder`` but its lock (which this process holds)."""
+    import shutil
+
+    for entry in Path(folder).iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def is_held_elsewhere(folder: Path) -> bool:
