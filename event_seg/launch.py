@@ -97,6 +97,10 @@ def _compose_and_check(argv: List[str], config_dir: str):
         cfg = compose("train", overrides=[*overrides, f"{KEY}={PLACEHOLDER}"],
                       return_hydra_config=True)
     validate(cfg)  # before Hydra makes the run folder; run() checks the final config again
+    if runs_a_job(argv):  # not for --cfg and the other printouts: it imports torch
+        from .models import check_model
+
+        check_model(cfg)  # the encoder name; a dry forward pass at the configured size
     if str(cfg.hydra.sweeper.get("_target_", "")).startswith("hydra_plugins.event_seg_sweeper"):
         from .optuna_search import check_settings
 
