@@ -334,3 +334,13 @@ def test_the_default_model_passes_the_check():
 
     compose_command(["train"], CONFIG_DIR)
     compose_command(["train", "model=deeplabv3plus", "debug=smoke"], CONFIG_DIR)
+
+
+def test_each_swept_model_value_gets_the_check():
+    from event_seg.launch import compose_command
+    from event_seg.train import CONFIG_DIR
+
+    with pytest.raises(ConfigError, match=r"^model\.encoder_name=resnet19 is not an encoder"):
+        compose_command(["train", "-m", "model.encoder_name=resnet18,resnet19"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match=r"^model\.arch=PAN .* cannot run on a 96x192 input"):
+        compose_command(["train", "-m", "model.arch=Unet,PAN"], CONFIG_DIR)
