@@ -183,46 +183,84 @@ def check_model(cfg) -> None:
                            num_classes=len(dataset.class_names), height=int(dataset.height),
                            width=int(dataset.width))
     train_batch = min(2, int(cfg.trainer.batch_size))
-    try:
-        _check_on(torch.device("meta"), cfg.model, info, train_batch)
-        return
-    except Exception:  # noqa: BLE001  (meta is a shortcut for a pass, never a verdict)
-        pass
+    meta = _meta_model(cfg.model, info)
+    if meta is not None:
+        try:
+            _check_on(torch.device("meta"), cfg.model, info, train_batch, meta)
+            return
+        except Exception:  # noqa: BLE001  (meta is a shortcut for a pass, never a verdict)
+            pass
     try:
         _check_on(torch.device("cpu"), cfg.model, info, train_batch)
     except ConfigError as e:
         raise ConfigError(f"{e}{_working_size(cfg.model, info, train_batch)}") from None
 
 
-def _check_on(device, model_cfg, info, train_batch: int) -> None:
+def _meta_model(model_cfg, info):
+    """The model on the meta device, or None where even a CPU build fails (the CPU check then
+    names why). Built on meta where it can be; a model whose constructor needs real values
+    (mit_b* encoders call ``.item()``) is built on the CPU and moved."""
+    import torch
+
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    try:
+        with meta:
+            return _build_bare(model_cfg, info, meta)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        with cpu:
+            return _build_bare(model_cfg, info, cpu).to(meta)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _check_on(device, model_cfg, info, train_batch: int, model=None) -> None:
     import torch
 
     with torch.device(device):
-        if model_cfg.get("_target_"):
-            model = build_target_model(model_cfg, info, probe=False)
-        else:
-            model = build_smp_model(model_cfg, info)
-        # smp makes the first convolution for other than 3 input channels with a
-        # device-less constructor: on the CPU, whatever the default device.
-        model = model.to(device)
+        if model is None:
+            model = _build_bare(model_cfg, info, device)
         for mode, batch in (("train", train_batch), ("eval", 1)):
             dry_run(model, model_cfg, info, mode, batch)
 
 
+def _build_bare(model_cfg, info, device):
+    """The model without weights, on ``device`` (a ``torch.device`` context must be active)."""
+    try:
+        if model_cfg.get("_target_"):
+            model = build_target_model(model_cfg, info, probe=False)
+        else:
+            model = build_smp_model(model_cfg, info)
+    except ConfigError:
+        raise
+    except Exception as e:  # a timm encoder smp cannot use, an architecture's own refusal
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{described(model_cfg)} could not be built: {type(e).__name__}: "
+                          f"{first}") from None
+    # smp makes the first convolution for other than 3 input channels with a device-less
+    # constructor: on the CPU, whatever the default device.
+    return model.to(device)
+
+
 def _working_size(model_cfg, info, train_batch: int) -> str:
     """``; it runs at dataset.height=128 dataset.width=128``: the smallest frame, each side
-    raised to at least 32 * k, on which the model passes (on meta, a few tries), or nothing."""
+    raised to at least 32 * k, on which the model passes (on meta, built once, at most 16
+    sizes tried), or nothing."""
     import torch
 
+    meta, model = torch.device("meta"), _meta_model(model_cfg, info)
+    if model is None:
+        return ""
+    sizes = []
     for k in range(1, 33):
-        height, width = max(info.height, 32 * k), max(info.width, 32 * k)
-        if (height, width) == (info.height, info.width):
-            continue
-        if max(height, width) > max(info.height, info.width, 1024):
-            break
+        size = (max(info.height, 32 * k), max(info.width, 32 * k))
+        if size != (info.height, info.width) and size not in sizes:
+            sizes.append(size)
+    for height, width in sizes[:16]:
         try:
-            _check_on(torch.device("meta"), model_cfg,
-                      type(info)(**{**vars(info), "height": height, "width": width}), train_batch)
+            _check_on(meta, model_cfg, type(info)(**{**vars(info), "height": height,
+                                                    "width": width}), train_batch, model)
         except Exception:  # noqa: BLE001
             continue
         return f"; it runs at dataset.height={height} dataset.width={width}"
