@@ -539,6 +539,8 @@ def validate(cfg: DictConfig) -> None:
             f"{len(cfg.dataset.class_names)} dataset.class_names"
         )
     _validate_label_ids(cfg.dataset)
+    _validate_augment(cfg.dataset.augment)
+    _validate_precomputed_source(cfg.dataset)
     if cfg.dataset.representation == "precomputed" and not cfg.dataset.event_channels:
         raise ConfigError("dataset.representation=precomputed needs dataset.event_channels "
                           "(the channel count of the stored event tensors)")
@@ -585,6 +587,41 @@ def _validate_label_ids(dataset) -> None:
         raise ConfigError(f"dataset.label_map holds {bad[:3]}: every entry must be a class id "
                           f"below the {classes} dataset.class_names or the ignore index "
                           f"{dataset.ignore_index}")
+
+
+# The formats whose readers return raw events (the representation is built from them); only
+# DDD17 and a `_target_` reader returning `dense` tensors hand over stored event tensors.
+RAW_EVENT_FORMATS = ("event_scapes", "dsec_semantic")
+
+
+def _validate_precomputed_source(dataset) -> None:
+    if dataset.representation == "precomputed" and dataset.format in RAW_EVENT_FORMATS:
+        built = [r for r in CHOICES["dataset.representation"] if r != "precomputed"]
+        raise ConfigError(f"dataset.representation=precomputed reads event tensors stored on "
+                          f"disk, which only dataset.format=ddd17 and a dataset._target_ reader "
+                          f"returning `dense` tensors ship; dataset.format={dataset.format} "
+                          f"ships raw events: pick one of {', '.join(built)}")
+
+
+def _validate_augment(augment) -> None:
+    """The ranges albumentations accepts (its p in [0, 1]; Affine's scale a pair) and the ones
+    that make sense for its ranges (it takes a reversed or negative one silently), checked
+    whether or not the affine is on: a sweep may switch it on later."""
+    for key in ("hflip", "affine_p", "photometric_p"):
+        value = augment[key]
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"dataset.augment.{key}={value} must be a probability in [0, 1]")
+    scale = list(augment.scale)
+    if len(scale) != 2 or not (math.isfinite(scale[0]) and math.isfinite(scale[1])
+                               and 0 < scale[0] <= scale[1]):
+        raise ConfigError(f"dataset.augment.scale={scale} must be a [min, max] pair with "
+                          f"0 < min <= max, e.g. [0.9, 1.1] (1: unscaled)")
+    if not (math.isfinite(augment.rotate_deg) and 0.0 <= augment.rotate_deg <= 180.0):
+        raise ConfigError(f"dataset.augment.rotate_deg={augment.rotate_deg} must be in [0, 180] "
+                          f"(degrees; the angle is drawn from [-rotate_deg, rotate_deg])")
+    if not (math.isfinite(augment.translate) and 0.0 <= augment.translate < 1.0):
+        raise ConfigError(f"dataset.augment.translate={augment.translate} must be in [0, 1) (a "
+                          f"share of the frame size, drawn from [-translate, translate])")
 
 
 def _validate_schedule(scheduler) -> None:

@@ -125,6 +125,10 @@ def _compose_and_check(argv: List[str], config_dir: str):
         cfg = compose("train", overrides=[*overrides, f"{KEY}={PLACEHOLDER}"],
                       return_hydra_config=True)
     validate(cfg)  # before Hydra makes the run folder; run() checks the final config again
+    if runs_a_job(argv):  # not for --cfg and the other printouts: it imports torch
+        from .models import check_model
+
+        check_model(cfg)  # the encoder name; a dry forward pass at the configured size
     if str(cfg.hydra.sweeper.get("_target_", "")).startswith("hydra_plugins.event_seg_sweeper"):
         from .optuna_search import check_settings
 
@@ -174,6 +178,13 @@ def _config_folders(parsed, config_dir: str):
     return folders
 
 
+# Besides model.*, the keys that change the model or its input: a swept value of one gets the
+# command check's dry forward pass too (models.check_model).
+MODEL_SHAPING = ("dataset.height", "dataset.width", "dataset.modality", "dataset.representation",
+                 "dataset.num_bins", "dataset.event_channels", "dataset.class_names",
+                 "trainer.batch_size")
+
+
 def _check_swept_values(parsed, cfg, config_dir: str) -> None:
     """``-m trainer.epochs=1,abc`` or ``-m trainer.bogus=1,2``: each value of a swept key is
     set on the composed config and checked like a single run's, so a bad one is one line
@@ -200,6 +211,10 @@ def _check_swept_values(parsed, cfg, config_dir: str) -> None:
             except OmegaConfBaseException as e:
                 raise ConfigError(one_line(e)) from None
             validate(variant)
+            if key.split(".")[0] == "model" or key in MODEL_SHAPING:
+                from .models import check_model
+
+                check_model(variant)
 
 
 def one_line(error: Exception) -> str:

@@ -221,3 +221,74 @@ def test_relative_dataset_and_cache_paths_are_stored_absolute(tmp_path, monkeypa
     make_paths_absolute(cfg)
     assert cfg.dataset.root == str(tmp_path / "data" / "EventScape")
     assert cfg.paths.cache_dir == str(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "event_scapes", "dsec_semantic"])
+def test_precomputed_is_refused_for_a_format_that_ships_raw_events(dataset):
+    # These readers make the representation from raw events; only stored tensors are read as
+    # they are (ddd17, or a reader of your own that returns `dense`).
+    cfg = compose([f"dataset={dataset}", "dataset.representation=precomputed",
+                   "dataset.event_channels=6"])
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("dataset.representation=precomputed")
+    assert f"dataset.format={cfg.dataset.format} ships raw events" in message
+    assert "dataset.format=ddd17" in message and "dataset._target_" in message
+    assert "voxel_grid, histogram, time_surface, mdes" in message
+
+
+def test_precomputed_stays_valid_for_ddd17():
+    validate(compose(["dataset=ddd17"]))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("dataset.augment.hflip=1.5", "dataset.augment.hflip"),
+    ("dataset.augment.hflip=-0.1", "dataset.augment.hflip"),
+    ("dataset.augment.affine_p=2", "dataset.augment.affine_p"),
+    ("dataset.augment.photometric_p=1.5", "dataset.augment.photometric_p"),
+    ("dataset.augment.scale=[0.9]", "dataset.augment.scale"),
+    ("dataset.augment.scale=[0.9,1.1,1.2]", "dataset.augment.scale"),
+    ("dataset.augment.scale=[0,1.1]", "dataset.augment.scale"),
+    ("dataset.augment.scale=[1.2,0.9]", "dataset.augment.scale"),
+    ("dataset.augment.rotate_deg=-5", "dataset.augment.rotate_deg"),
+    ("dataset.augment.rotate_deg=200", "dataset.augment.rotate_deg"),
+    ("dataset.augment.translate=-0.1", "dataset.augment.translate"),
+    ("dataset.augment.translate=1.0", "dataset.augment.translate"),
+])
+def test_augment_settings_are_checked_naming_the_key(override, key):
+    # Checked with or without the affine switched on: a setting that is wrong stays wrong.
+    cfg = compose([override])
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    message = str(caught.value)
+    assert message.startswith(f"{key}=") and "\n" not in message
+
+
+@pytest.mark.parametrize("override", ["augment=strong", "augment=none",
+                                      "dataset.augment.scale=[1.0,1.0]",
+                                      "dataset.augment.hflip=1.0", "dataset.augment.translate=0"])
+def test_augment_settings_that_albumentations_takes_stay_valid(override):
+    validate(compose([override]))
+
+
+@pytest.mark.parametrize("override", [
+    "dataset.representation=precomputed dataset.event_channels=6",
+    "dataset.augment.hflip=1.5",
+    "dataset.augment.scale=[0.9]",
+])
+def test_a_bad_dataset_setting_is_one_line_before_any_folder(override, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "EVENT_SEG_CACHE": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+                           f"paths.output_root={tmp_path / 'out'}", *override.split()],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: dataset."), proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

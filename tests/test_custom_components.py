@@ -301,3 +301,60 @@ def test_a_sweep_over_your_own_model_finds_it_on_the_search_path():
     with pytest.raises(ConfigError, match="model=tiny_nett is not an option of model; choose "
                                           "one of: deeplabv3plus, fpn, tiny_net, unet"):
         compose_command([*argv[:2], "model=unet,tiny_nett", argv[3]], CONFIG_DIR)
+
+
+# ------------------------------------------------------------------------------------------
+# The command check's dry run, in train and eval mode
+
+
+class AuxInTraining(torch.nn.Module):
+    """Logits alone in eval mode, (logits, aux) in train mode: deep supervision of its own."""
+
+    def __init__(self, in_channels: int, classes: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, classes, 1)
+
+    def forward(self, x):
+        logits = self.conv(x)
+        return (logits, logits.mean()) if self.training else logits
+
+
+class PooledNorm(torch.nn.Module):
+    """A BatchNorm over globally pooled features: needs two samples per batch in training."""
+
+    def __init__(self, in_channels: int, classes: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, classes, 1)
+        self.norm = torch.nn.BatchNorm2d(classes)
+
+    def forward(self, x):
+        logits = self.conv(x)
+        return logits + self.norm(logits.mean((2, 3), keepdim=True))
+
+
+def test_a_model_returning_a_tuple_in_train_mode_is_one_line_before_anything_runs():
+    with pytest.raises(ConfigError) as caught:
+        compose_command(["train", *CUSTOM, f"model._target_={MODULE}.AuxInTraining",
+                         "~model.kwargs.width"], CONFIG_DIR)
+    assert str(caught.value) == (
+        f"model._target_={MODULE}.AuxInTraining returned a tuple in train mode for a "
+        f"[2, 8, 64, 96] input; event_seg needs the logits tensor [2, 2, 64, 96] ([batch, "
+        f"classes, height, width], before softmax) in train and eval mode, and trains no "
+        f"auxiliary output: return the logits alone (see docs/custom_model_and_dataset.md)")
+
+
+def test_a_model_that_fails_in_train_mode_names_the_batch_size():
+    overrides = ["train", *CUSTOM, f"model._target_={MODULE}.PooledNorm", "~model.kwargs.width"]
+    compose_command([*overrides, "trainer.batch_size=2"], CONFIG_DIR)  # two samples: fine
+    with pytest.raises(ConfigError) as caught:
+        compose_command([*overrides, "trainer.batch_size=1"], CONFIG_DIR)
+    message = str(caught.value)
+    assert message.startswith(f"model._target_={MODULE}.PooledNorm failed on a [1, 8, 64, 96] "
+                              f"input in train mode (model.kwargs={{}}): ValueError: Expected "
+                              f"more than 1 value per channel")
+    assert message.endswith("(trainer.batch_size=1; 2 or more may work)") and "\n" not in message
+
+
+def test_precomputed_stays_valid_for_a_reader_of_your_own():
+    # A reader of your own may return stored `dense` tensors (checked per sample at run time).
+    validate(composed(*CUSTOM, "dataset.representation=precomputed", "dataset.event_channels=5"))

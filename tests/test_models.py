@@ -250,3 +250,97 @@ def test_an_unknown_weights_name_is_one_line():
                               "resnet18: Wrong pretrained weights `imagenet22k` for encoder "
                               "`resnet18`. Available options are: ['imagenet', 'ssl', 'swsl']")
     assert "\n" not in message
+
+
+# ------------------------------------------------------------------------------------------
+# The command check: the encoder name, and a dry forward pass at the configured size
+
+
+def train_cli(*overrides, out: Path, cache: Path):
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+                           f"paths.output_root={out}", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def refused_line(proc, out: Path, cache: Path) -> str:
+    """The one line a refused command prints, after checking that it left nothing behind."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert not out.exists(), "a refused command left a run folder"
+    assert not cache.exists(), "a refused command built data"
+    return lines[0][len("error: "):]
+
+
+def test_an_unknown_encoder_is_one_line_with_a_suggestion_before_any_data(tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    line = refused_line(train_cli("model.encoder_name=resnet19", out=out, cache=cache), out,
+                        cache)
+    assert line.startswith("model.encoder_name=resnet19 is not an encoder of "
+                           "segmentation_models_pytorch (did you mean resnet18?)")
+    # The list is cut visibly, with the count of what is left out.
+    shown = line.split("choose one of: ", 1)[1]
+    assert shown.startswith("resnet18, resnet34")
+    left = len(smp.encoders.get_encoder_names()) - shown.split(", ...")[0].count(",") - 1
+    assert f", ... and {left} more" in shown and "tu-<timm model>" in shown
+
+
+def test_an_unknown_timm_encoder_names_timm():
+    from event_seg.models import check_encoder_name
+
+    with pytest.raises(ConfigError) as caught:
+        check_encoder_name("tu-resnet19")
+    message = str(caught.value)
+    assert message.startswith("model.encoder_name=tu-resnet19: timm has no model resnet19 (did "
+                              "you mean tu-resnet18?)") and "\n" not in message
+    check_encoder_name("tu-resnet18.a1_in1k")  # a timm name with its pretrained tag
+    check_encoder_name("resnet18")
+
+
+def test_an_architecture_that_cannot_take_the_size_is_one_line_before_any_folder(tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    # debug=smoke: 32 x 64, too small for PAN's pyramid attention.
+    line = refused_line(train_cli("model.arch=PAN", out=out, cache=cache), out, cache)
+    assert line.startswith("model.arch=PAN (model.encoder_name=resnet18) cannot run on a 32x64 "
+                           "input (dataset.height x dataset.width) in train mode: RuntimeError: ")
+    assert "Output size is too small" in line
+    assert line.endswith("it runs at dataset.height=128 dataset.width=128")
+    # And that size is one PAN really takes, in both modes.
+    model = smp.create_model("PAN", encoder_name="resnet18", encoder_weights=None,
+                             in_channels=3 + EVENTS, classes=9)
+    with torch.no_grad():
+        model.train()(torch.zeros(2, 3 + EVENTS, 128, 128))
+        assert model.eval()(torch.zeros(1, 3 + EVENTS, 128, 128)).shape == (1, 9, 128, 128)
+
+
+def test_a_model_with_an_extra_output_is_one_line():
+    # smp's aux_params head makes every forward return (masks, labels): nothing trains on the
+    # labels, and the trainer would fail on the tuple.
+    from event_seg.launch import compose_command
+    from event_seg.train import CONFIG_DIR
+
+    with pytest.raises(ConfigError) as caught:
+        compose_command(["train", "debug=smoke", "+model.kwargs.aux_params={classes: 9}"],
+                        CONFIG_DIR)
+    message = str(caught.value)
+    assert message.startswith("model.arch=Unet (model.encoder_name=resnet18) returned a tuple "
+                              "in train mode") and "\n" not in message
+
+
+def test_the_default_model_passes_the_check():
+    from event_seg.launch import compose_command
+    from event_seg.train import CONFIG_DIR
+
+    compose_command(["train"], CONFIG_DIR)
+    compose_command(["train", "model=deeplabv3plus", "debug=smoke"], CONFIG_DIR)
+
+
+def test_each_swept_model_value_gets_the_check():
+    from event_seg.launch import compose_command
+    from event_seg.train import CONFIG_DIR
+
+    with pytest.raises(ConfigError, match=r"^model\.encoder_name=resnet19 is not an encoder"):
+        compose_command(["train", "-m", "model.encoder_name=resnet18,resnet19"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match=r"^model\.arch=PAN .* cannot run on a 96x192 input"):
+        compose_command(["train", "-m", "model.arch=Unet,PAN"], CONFIG_DIR)

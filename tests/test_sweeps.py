@@ -133,25 +133,27 @@ def test_grid_sweep_jobs_runs_and_a_rerun_with_one_more_value_skips_and_resumes(
 
 
 def test_parallel_joblib_jobs_and_a_failing_job_does_not_stop_the_others(tmp_path, cache):
+    # An unknown weights name fails in its job alone (a misspelt encoder name would be refused
+    # before the sweep starts: the command check knows the encoders, not the weights).
     proc = run_sweep(tmp_path, cache, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     "logger=none", "trainer.epochs=1", "model.encoder_name=nope,resnet18",
+                     "logger=none", "trainer.epochs=1", "model.encoder_weights=nope,null",
                      "trial_timestamp=par")
     assert proc.returncode == 1  # the sweep reports that a job failed ...
     sweep = tmp_path / "multirun" / "par"
-    good = sweep / "model.encoder_name=resnet18"
+    good = sweep / "model.encoder_weights=null"
     assert summary(good)["best_epoch"] == 1  # ... after the other one finished
-    log = (sweep / "model.encoder_name=nope" / "train.log").read_text()
-    assert "model.encoder_name=nope" in log and "Wrong encoder name" in log
+    log = (sweep / "model.encoder_weights=nope" / "train.log").read_text()
+    assert "model.encoder_weights=nope" in log and "Wrong pretrained weights" in log
     assert "Joblib" in proc.stdout + proc.stderr
     # The summary lists both, the failed one last with its error; no traceback on the console.
     rows = read_summary(sweep)
     assert [(r["job"], r["status"]) for r in rows] == [
-        ("model.encoder_name=resnet18", "finished"), ("model.encoder_name=nope", "failed")]
+        ("model.encoder_weights=null", "finished"), ("model.encoder_weights=nope", "failed")]
     assert float(rows[0]["best_val_mean_iou"]) == summary(good)["best_val_mean_iou"]
     assert float(rows[0]["wall_time_s"]) > 0 and rows[0]["epochs"] == "1"
-    assert "Wrong encoder name" in rows[1]["error"] and "\n" not in rows[1]["error"]
+    assert "Wrong pretrained weights" in rows[1]["error"] and "\n" not in rows[1]["error"]
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert "| model.encoder_name=nope | model.encoder_name=nope | failed |" in (
+    assert "| model.encoder_weights=nope | model.encoder_weights=nope | failed |" in (
         sweep / "summary.md").read_text()
     assert "1 job(s) of the sweep failed" in proc.stderr
 
