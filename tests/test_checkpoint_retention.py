@@ -94,3 +94,4 @@ def test_an_unknown_keep_value_is_one_line(tmp_path, cache):
     proc, output = train(tmp_path, cache, "trial_timestamp=x", "trainer.checkpoints.keep=none")
     assert proc.returncode == 2 and len(output.strip().splitlines()) == 1, output
     assert "trainer.checkpoints.keep='none' is not one of: all, weights, best" in output
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder exists
