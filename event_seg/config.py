@@ -160,6 +160,14 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class CheckpointsConfig:
+    # What a run keeps once it has finished (docs/run_folders.md): all (last.pt and best.pt with
+    # the full training state) | weights (both with the weights only) | best (best.pt alone,
+    # weights only). While a run goes on, last.pt always holds the full state for a resume.
+    keep: str = "all"
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 6
     batch_size: int = 8
@@ -180,6 +188,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     ema: EmaConfig = field(default_factory=EmaConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
 
 
 @dataclass
@@ -456,6 +465,17 @@ def _validate_training_extras(trainer) -> None:
         raise ConfigError(f"trainer.log_every_n_steps={trainer.log_every_n_steps} must be >= 1")
 
 
+# trainer.checkpoints.keep, from the most kept to the least.
+KEEP_CHECKPOINTS = ("all", "weights", "best")
+
+
+def _validate_checkpoints(checkpoints) -> None:
+    if checkpoints.keep not in KEEP_CHECKPOINTS:
+        raise ConfigError(f"trainer.checkpoints.keep={checkpoints.keep!r} is not one of: "
+                          f"{', '.join(KEEP_CHECKPOINTS)} (what a finished run keeps: both "
+                          f"checkpoints in full, both as weights only, or best.pt's weights)")
+
+
 def _validate_evaluation(evaluate) -> None:
     window = evaluate.sliding_window
     for key in ("size", "stride"):
@@ -515,6 +535,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_precision(cfg.trainer)
     _validate_loss(cfg.loss, len(cfg.dataset.class_names))
     _validate_training_extras(cfg.trainer)
+    _validate_checkpoints(cfg.trainer.checkpoints)
     check_optimized_metric(cfg.optimized_metric, list(cfg.dataset.class_names))
     splits = cfg.dataset.get("splits") or {}
     if cfg.optimized_metric.startswith("test_") and splits and "test" not in splits:

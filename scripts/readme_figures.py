@@ -6,8 +6,10 @@
 
 Runs the default training (what `make train` runs) and `benchmarks/compare_modalities.py`, then
 rewrites the README blocks between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``
-markers: the `make train` log excerpt, its paragraph under *Figures*, and the modality table.
-Everything else in the README is left as it is; `git diff README.md` shows what moved.
+markers: the `make train` log excerpt, its paragraph under *Figures* (naming the machine it ran
+on), and the modality table. Everything else in the README is left as it is, the table of what
+other machines measured included (add this machine's row there by hand); `git diff README.md`
+shows what moved. ``--reuse`` describes this machine too: reuse runs made here.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def run_summary(run_dir: Path, log: str, wall_s: float) -> dict:
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     series = {tag: [e.value for e in acc.Scalars(tag)] for tag in ("train_loss", "val_mean_iou")}
+    # Where and when it ran: times follow the CPU, and scores differ slightly between CPU types.
+    when = time.strftime("%Y-%m-%d", time.localtime((run_dir / "metrics.json").stat().st_mtime))
     return {"lines": lines, "wall_s": wall_s, "metrics": metrics, "series": series,
-            "run_dir": run_dir}
+            "run_dir": run_dir, "machine": machine(), "date": when}
 
 
 def train_excerpt(run: dict) -> str:
@@ -73,19 +77,28 @@ def train_excerpt(run: dict) -> str:
     return f"```\n{text}\n```"
 
 
+def machine() -> str:
+    """The CPU (its name as /proc/cpuinfo gives it), its cores and the GPU, if any."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from common import machine as described
+
+    return described().split(";")[0]
+
+
 def train_paragraph(run: dict) -> str:
     m, s = run["metrics"], run["series"]
     minutes, seconds = divmod(round(run["wall_s"]), 60)
     per_epoch = sum(m["epoch_times_s"]) / len(m["epoch_times_s"])
     return textwrap.fill(
         f"**`make train`** (default: U-Net/ResNet-18, RGB + 5-bin voxel grid, 96x192, "
-        f"{m['epochs']} epochs, 180 training frames, TensorBoard with panels and inference "
-        f"during training): {minutes} min {seconds:02d} s from start to the final test score "
-        f"with the synthetic set already generated (the first run adds about 25 s to generate "
-        f"it), about {per_epoch:.0f} s per epoch; plus the one-time install (about 2.5 min on a "
-        f"fresh machine). It reaches `val_mean_iou` {m['best_val_mean_iou']:.3f} (from "
+        f"{m['epochs']} epochs, 180 training frames, TensorBoard with panels, confusion matrices "
+        f"and inference during training) on {run['machine']}, {run['date']}: {minutes} min "
+        f"{seconds:02d} s from start to the final test score with the synthetic set already "
+        f"generated (the first run adds about 25 s to generate it), about {per_epoch:.0f} s per "
+        f"epoch; plus the one-time install (about 2.5 min on a fresh machine). It reaches "
+        f"`val_mean_iou` {m['best_val_mean_iou']:.4f} (from "
         f"{s['val_mean_iou'][0]:.3f} after epoch 1; train loss {s['train_loss'][0]:.2f} -> "
-        f"{s['train_loss'][-1]:.2f}) and `test_mean_iou` {m['test_mean_iou']:.3f} on the "
+        f"{s['train_loss'][-1]:.2f}) and `test_mean_iou` {m['test_mean_iou']:.4f} on the "
         f"all-dark/over-exposed test split. `scripts/readme_figures.py` reruns this and the "
         f"table below and rewrites these figures.", width=100)
 

@@ -43,6 +43,19 @@ def save_checkpoint(state: dict, path: Path) -> None:
         os.close(dir_fd)
 
 
+# What evaluate, export and model.encoder_weights read from a checkpoint, with the scores and the
+# settings that name it. Left out: the optimizer moments (two per weight with AdamW, so twice the
+# model's size), the scheduler, the AMP scaler, the EMA's step count and the RNG states, which only
+# a resume reads.
+WEIGHTS_KEYS = ("model", "ema_model", "epoch", "global_step", "best_metric", "best_epoch",
+                "val_bests", "config", "dataset_info", "trial")
+
+
+def weights_only(state: dict) -> dict:
+    """``state`` without what only a resume needs; marked so a resume can say why it cannot."""
+    return {**{k: state[k] for k in WEIGHTS_KEYS if k in state}, "weights_only": True}
+
+
 def remove_stale_temp_files(folder: Path) -> int:
     """Deletes the temp files a killed save or link left behind; returns how many."""
     removed = 0

@@ -21,6 +21,8 @@ MAY_DIFFER = (
     "trainer.inference",
     # A smoke-sized resume of a full run (or the reverse): the schedule keeps its curve.
     "trainer.limit_batches",
+    # What a finished run keeps of its checkpoints; while it runs, last.pt is always whole.
+    "trainer.checkpoints",
     # The way out of a stop on a NaN loss or an unreadable sample is to resume with skipping.
     "trainer.nonfinite", "dataset.skip_corrupt",
     # Checked on its own (check_epochs): more epochs stretch the schedule, fewer are refused.

@@ -24,7 +24,7 @@ from ..config import ConfigError
 from ..errors import CheckpointError, NonFiniteLossError
 from ..data.device_input import ModelInputBuilder
 from .checkpoint import (link_checkpoint, load_checkpoint, remove_stale_temp_files,
-                         restore_rng_state, rng_state, save_checkpoint)
+                         restore_rng_state, rng_state, save_checkpoint, weights_only)
 from .crash import crash_point
 from .inference import Predictor, build_predictor
 from .metrics import SegmentationMetrics
@@ -568,10 +568,43 @@ class Trainer:
                 f"{self.trial.last_checkpoint}: {self._kept_checkpoint()}. Lower optimizer.lr")
         self.saved_epoch = epoch
         if self.dist.is_main:  # one writer; the other ranks hold identical weights
-            save_checkpoint(self._state(epoch), self.trial.last_checkpoint)
+            state = self._state(epoch)
+            save_checkpoint(state, self.trial.last_checkpoint)
             if improved:
-                link_checkpoint(self.trial.last_checkpoint, self.trial.best_checkpoint)
+                self._save_best(state)
         self.dist.barrier()
+
+    def _save_best(self, state: dict) -> None:
+        """best.pt: the very file last.pt is (a hard link, no copy) when everything is kept;
+        else the weights alone, a third of the file with AdamW's two moments per weight."""
+        if self.cfg.trainer.checkpoints.keep == "all":
+            link_checkpoint(self.trial.last_checkpoint, self.trial.best_checkpoint)
+        else:
+            save_checkpoint(weights_only(state), self.trial.best_checkpoint)
+
+    def _keep_checkpoints(self) -> None:
+        """Once metrics.json marks the run finished, nothing resumes or extends it
+        (resume_rules.check_epochs), so unless trainer.checkpoints.keep=all the state only a
+        resume reads goes: last.pt is slimmed to its weights (keep=weights) or removed
+        (keep=best, where best.pt holds the weights that were scored)."""
+        keep = self.cfg.trainer.checkpoints.keep
+        last, best = self.trial.last_checkpoint, self.trial.best_checkpoint
+        if keep == "all" or not last.is_file():
+            return
+        if keep == "best" and best.is_file():
+            last.unlink()
+            log.info("Checkpoints: kept %s (weights only, epoch %d, %.1f MB); last.pt removed "
+                     "(trainer.checkpoints.keep=best)", best, self.best_epoch,
+                     best.stat().st_size / 1e6)
+            return
+        if best.is_file() and self.best_epoch == self.saved_epoch:
+            link_checkpoint(best, last)  # the same epoch's weights: one file for both names
+        else:
+            save_checkpoint(weights_only(load_checkpoint(last)), last)
+        log.info("Checkpoints: last.pt (epoch %d) and best.pt (epoch %d) keep the weights only, "
+                 "%.1f MB (trainer.checkpoints.keep=%s)", self.saved_epoch, self.best_epoch,
+                 sum({p.stat().st_ino: p.stat().st_size for p in (last, best)
+                      if p.is_file()}.values()) / 1e6, keep)
 
     def resume_if_possible(self) -> None:
         """Restores everything from ``last.pt`` when the trial folder holds one.
@@ -587,6 +620,11 @@ class Trainer:
         if removed:
             log.info("Removed %d temp file(s) left by an interrupted checkpoint write", removed)
         state = load_checkpoint(path)
+        if state.get("weights_only"):
+            raise CheckpointError(
+                f"{path} holds the weights only (trainer.checkpoints.keep dropped the optimizer "
+                f"state when its run finished), so it cannot be resumed; start a new trial (it "
+                f"still evaluates, exports and serves as model.encoder_weights)")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -609,8 +647,8 @@ class Trainer:
         self.es_reference_epoch = int(stopping.get("reference_epoch", self.best_epoch))
         restore_rng_state(state["rng"])
         if self.best_epoch == self.start_epoch and self.dist.is_main:
-            # A kill between writing last.pt and linking best.pt leaves best.pt one best behind.
-            link_checkpoint(path, self.trial.best_checkpoint)
+            # A kill between writing last.pt and best.pt leaves best.pt one best behind.
+            self._save_best(state)
         if planned:
             self._fit_schedule_to_remaining_epochs()
         self.scheduler.apply(self.global_step)  # the checkpoint's plan, not the saved rate
@@ -688,6 +726,7 @@ class Trainer:
         self.summary = summary
         if self.dist.is_main:
             write_text_atomic(self.trial.metrics_file, json.dumps(summary, indent=2, allow_nan=True))
+            self._keep_checkpoints()  # after metrics.json: a kill before it leaves a resumable run
 
 
 class _StepCurve:
