@@ -60,6 +60,10 @@ def is_weights_only(path: Path) -> bool:
     return bool(load_checkpoint(path, mmap=True).get("weights_only"))  # the tensors stay on disk
 
 
+def saved_epoch(path: Path) -> int:
+    return int(load_checkpoint(path, mmap=True).get("epoch", 0))
+
+
 def trim_finished(folder: Path, keep: str) -> list:
     """Applies ``trainer.checkpoints.keep`` to the checkpoints/ folder of a finished run; returns
     what it changed (empty when nothing was left to do). Every step is atomic and the whole is
@@ -81,8 +85,7 @@ def trim_finished(folder: Path, keep: str) -> list:
         last.unlink()
         return changed + ["last.pt removed"]
     if not is_weights_only(last):
-        epoch = lambda p: int(load_checkpoint(p, mmap=True).get("epoch", 0))  # noqa: E731
-        if best.is_file() and epoch(best) == epoch(last):
+        if best.is_file() and saved_epoch(best) == saved_epoch(last):
             link_checkpoint(best, last)  # the same epoch's weights: one file for both names
         else:
             save_checkpoint(weights_only(load_checkpoint(last)), last)
@@ -94,7 +97,7 @@ def kept_line(folder: Path, keep: str) -> str:
     """The log line that says what a trimmed run's checkpoints/ holds now."""
     folder = Path(folder)
     files = [p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()]
-    epochs = {p.name: int(load_checkpoint(p, mmap=True).get("epoch", 0)) for p in files}
+    epochs = {p.name: saved_epoch(p) for p in files}
     size = sum({p.stat().st_ino: p.stat().st_size for p in files}.values()) / 1e6  # links once
     if keep == "best" and list(epochs) == ["best.pt"]:
         return (f"Checkpoints: kept {folder / 'best.pt'} (weights only, epoch {epochs['best.pt']}, "
