@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -203,7 +205,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-            worker_init_fn=_seed_worker,
+            worker_init_fn=partial(_seed_worker, exiting=_exit_flag()) if workers else None,
             collate_fn=collate_compact,
             # Worker base seeds are drawn from this, not from the global RNG, which belongs to
             # the model (dropout) and is restored exactly on resume.
@@ -212,7 +214,44 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     return DataBundle(info=info, loaders=loaders)
 
 
-def _seed_worker(worker_id: int) -> None:
+_EXIT_FLAG = None  # shared with this process's loader workers; raised as it exits
+
+
+def _exit_flag():
+    """A flag the loader workers read: 1 once this process runs its exit handlers. Our handler
+    runs before multiprocessing's (registered later, run first), which SIGTERMs every worker
+    and waits for it: from then on a worker honours SIGTERM again."""
+    global _EXIT_FLAG
+    if _EXIT_FLAG is None:
+        import atexit
+        import multiprocessing
+
+        _EXIT_FLAG = multiprocessing.RawValue("b", 0)
+        atexit.register(_raise_exit_flag)
+    return _EXIT_FLAG
+
+
+def _raise_exit_flag() -> None:
+    _EXIT_FLAG.value = 1
+
+
+def _seed_worker(worker_id: int, exiting=None) -> None:
+    # A scheduler's SIGTERM (SLURM signals every process of the job) and Ctrl-C's SIGINT (the
+    # terminal's whole process group) reach the workers too: dying of them would crash the main
+    # process's next fetch before it stops at the batch boundary (engine/preemption.py). The
+    # main process alone decides: its workers exit when it closes its loaders, when it exits
+    # (the SIGTERM its exit sends them is honoured, `exiting`), or when it is gone (torch's
+    # worker loop watches its parent).
+    import signal
+
+    def on_sigterm(signum, frame):
+        if exiting is None or exiting.value:
+            # Exit status 0: torch's SIGCHLD check in the exiting main process takes a worker
+            # killed by a signal for a crash and raises there.
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Workers inherit torch's per-worker seed; numpy and random follow it, so any reader that
     # draws from them differs between workers. Augmentation is seeded per sample (sampling.py).
     import random
