@@ -119,6 +119,18 @@ def open_packed_split(dataset_cfg, root: Path, cache_dir: str, split: str):
     return PackedCache(cache_dir, dataset_cfg, root).open_split(split)
 
 
+def log_packed_cache(dataset_cfg, root: Path, cache_dir: str, readers: dict) -> None:
+    """One line: the prepared cache each split is read from, hit or rebuild needed, and why (a
+    setting that finds no cache, a source file changed since event-seg-prepare)."""
+    from .packed_cache import PackedCache, describe
+
+    cache = PackedCache(cache_dir, dataset_cfg, root)
+    parts = [describe(cache, split, reader.cache, reader) for split, reader in readers.items()]
+    rerun = any(" hit " not in f" {p} " for p in parts)
+    log.info("Prepared cache %s: %s%s", cache.dir, "; ".join(parts),
+             " (run event-seg-prepare with these settings to build it)" if rerun else "")
+
+
 def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
                splits=("train", "val", "test"), rank: int = 0,
                world_size: int = 1) -> DataBundle:
@@ -129,7 +141,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     from torch.utils.data import DataLoader
 
     root = resolve_root(dataset_cfg, cache_dir, progress=trainer_cfg.progress_bar)
-    datasets, skipped = {}, {}
+    datasets, skipped, cached = {}, {}, {}
     for split in splits:
         folder = dataset_cfg.splits.get(split)
         if folder is None:
@@ -150,11 +162,14 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             datasets[split] = checked(datasets[split], dataset_cfg, event_channels(dataset_cfg))
         elif dataset_cfg.representation_cache:
             datasets[split].cache = open_packed_split(dataset_cfg, root, cache_dir, split)
+            cached[split] = datasets[split]
         if dataset_cfg.skip_corrupt:
             datasets[split] = SkipCorrupt(datasets[split])
         skipped[split] = n_skipped
         if n_skipped:
             log.info("%s: skipped %d frames without an events file", split, n_skipped)
+    if cached:
+        log_packed_cache(dataset_cfg, root, cache_dir, cached)
     # Each reader reports the unit of its raw stamps (DSEC documents microseconds, EventScape's
     # is detected). Only the time surface needs it: the device converts tau_ms to that unit
     # once (events.tau_in_ticks) instead of every event being rescaled.
