@@ -14,9 +14,9 @@ source files is still the same: a different size or modification time is a chang
 inode with the same ctime is untouched (the kernel moves ctime on every write, ``utime`` and
 rename, and no tool can set it back); otherwise (a file rewritten and its times set back, a copy
 with ``cp -p``, ``rsync -a``, ``tar x``) the fingerprint decides, computed once per file and
-process. A changed sample is read raw again. The folder is keyed by every setting that shapes what is stored
-(format, root, label mapping, representation, bins, normalisation, the time surface's decay
-constant, window settings); other
+process. A changed sample is read raw again. The folder is keyed by every setting that shapes
+what is stored (format, root, label mapping, representation, bins, normalisation, the time
+surface's decay constant, window settings); other
 settings simply find no cache. A split is written into a temporary folder and renamed into
 place whole, so a reader never sees half a cache.
 """
