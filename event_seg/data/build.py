@@ -125,9 +125,12 @@ def log_packed_cache(dataset_cfg, root: Path, cache_dir: str, readers: dict) -> 
     from .packed_cache import PackedCache, describe
 
     cache = PackedCache(cache_dir, dataset_cfg, root)
-    parts = [describe(cache, split, reader.cache, reader) for split, reader in readers.items()]
-    rerun = any(" hit " not in f" {p} " for p in parts)
-    log.info("Prepared cache %s: %s%s", cache.dir, "; ".join(parts),
+    found = {}  # what was found -> the splits that found it, in order
+    for split, reader in readers.items():
+        found.setdefault(describe(cache, split, reader.cache, reader), []).append(split)
+    rerun = any(not state.startswith("hit") for state in found)
+    log.info("Prepared cache %s: %s%s", cache.dir,
+             "; ".join(f"{', '.join(splits)} {state}" for state, splits in found.items()),
              " (run event-seg-prepare with these settings to build it)" if rerun else "")
 
 

@@ -461,33 +461,40 @@ def _same_file(path, identity, verified: Optional[dict], verify: bool = True) ->
     return verified[key]
 
 
+# cache_params' keys as the settings a user passes
+SETTING_NAMES = {"version": "cache version", "normalize": "dataset.normalize_events",
+                 "tau_ms": "dataset.time_surface.tau_ms", "duration_ms": "dataset.dsec.duration_ms",
+                 "num_events": "dataset.dsec.num_events", "rectify": "dataset.dsec.rectify",
+                 "classes": "dataset.dsec.classes"}
+
+
 def _differences(params: dict, other: dict) -> list:
-    """``key=other (now value)`` for each setting in which another cache of this dataset
+    """``setting=other (now value)`` for each setting in which another cache of this dataset
     differs from these settings."""
     keys = sorted(set(params) | set(other))
-    return [f"{k}={other.get(k)} (now {params.get(k)})" for k in keys
-            if params.get(k) != other.get(k)]
+    return [f"{SETTING_NAMES.get(k, 'dataset.' + k)}={other.get(k)} (now {params.get(k)})"
+            for k in keys if params.get(k) != other.get(k)]
 
 
 def describe(cache: "PackedCache", split: str, opened: Optional["PackedSplit"], reader) -> str:
-    """What training finds in the prepared cache for one split: hit or rebuild needed, and why
-    (build.log_packed_cache puts the splits on one line)."""
+    """What training finds in the prepared cache for one split: hit, rebuild needed or none,
+    and why (build.log_packed_cache puts the splits on one line)."""
     where = cache.split_dir(split).name
     if opened is not None:
         found = opened.scan(reader)
         if not found["changed"] and not found["missing"]:
             check = (f", {found['recheck']} files copied or rewritten with their times kept, "
                      f"checked by content when read" if found["recheck"] else "")
-            return f"{split} hit ({where}, {found['held']} samples{check})"
+            return f"hit ({where}, {found['held']} samples{check})"
         why = []
         if found["changed"]:
             why.append(f"{len(found['changed'])} source files changed since (size or "
                        f"modification time, or gone; first {found['changed'][0]})")
         if found["missing"]:
             why.append(f"{found['missing']} samples added since")
-        return f"{split} rebuild needed ({where}: {'; '.join(why)}; those samples are read raw)"
+        return f"rebuild needed ({where}: {'; '.join(why)}; those samples are read raw)"
     if (cache.dir / "params.json").is_file():
-        return f"{split} none prepared ({where} is not in this cache)"
+        return f"none prepared ({where} is not in this cache)"
     others = []
     for params_file in sorted(cache.dir.parent.glob("*/params.json")):
         try:
@@ -497,7 +504,7 @@ def describe(cache: "PackedCache", split: str, opened: Optional["PackedSplit"], 
         if other.get("root") == cache.params["root"]:
             others.append((len(_differences(cache.params, other)), params_file.parent, other))
     if not others:
-        return f"{split} none prepared for {cache.params['root']}"
+        return f"none prepared for {cache.params['root']}"
     _, folder, other = min(others, key=lambda o: (o[0], str(o[1])))
-    return (f"{split} none for these settings (the closest, {folder}, was prepared with "
+    return (f"none for these settings (the closest, {folder}, was prepared with "
             f"{', '.join(_differences(cache.params, other))})")
