@@ -23,6 +23,9 @@ default augmentation) timed over exactly N samples, best of a few interleaved ro
   collate_compact);
 - new cache: build_data reading the split packed by PackedCache.write_split (event-seg-prepare).
 
+Beside them, the cost of the cache's content fingerprint (packed_cache.fingerprint) of every
+source file, per sample, against the cache hit, the raw path and prepare (see fingerprint_cost).
+
 "device build" is what happens after the loader on the training device, timed here on the CPU:
 ModelInputBuilder for the new paths (voxel grid scatter, RGB normalisation), the old trainer's
 concatenation for the old ones. On a GPU the new build is well under a millisecond per batch;

@@ -1,10 +1,17 @@
-"""Housekeeping of the prepared cache that needs no dataset: what killed prepares leave behind."""
+"""The prepared cache: what killed prepares leave behind, a changed file that keeps its size and
+times, and the line training logs about the cache."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from event_seg.data.packed_cache import _process_tag, _remove_leftovers
 
@@ -28,13 +35,6 @@ def test_leftovers_of_killed_prepares_are_removed_and_live_ones_kept(tmp_path):
 
 
 # --- the prepared cache of a small EventScape-layout set -------------------------------------
-
-import logging  # noqa: E402
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"train": "Town01-03_train", "val": "Town05_val", "test": "Town05_test"}
