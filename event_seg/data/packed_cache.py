@@ -400,7 +400,7 @@ class PackedSplit:
         for identity, now in zip(recorded, paths):
             if os.path.relpath(now, self.root) != identity[0]:
                 return False
-            if self._same_file(now, identity) is False:
+            if not self._same_file(now, identity):
                 return False
         return True
 
@@ -408,7 +408,7 @@ class PackedSplit:
         return _same_file(path, identity, self._verified) is True
 
     def scan(self, reader) -> dict:
-        """What a training run will find, told once at start (build.open_packed_split) from the
+        """What a training run will find, told once at start (build.log_packed_cache) from the
         index and one stat per source file, no content read: samples held, samples the reader
         has that the cache does not, files changed since (size or modification time, or gone),
         files to be checked by content (inode changed, times kept)."""
@@ -481,7 +481,10 @@ def describe(cache: "PackedCache", split: str, opened: Optional["PackedSplit"], 
     and why (build.log_packed_cache puts the splits on one line)."""
     where = cache.split_dir(split).name
     if opened is not None:
-        found = opened.scan(reader)
+        try:
+            found = opened.scan(reader)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # reported again when read
+            return f"damaged ({where}: {' '.join(str(e).split())[:120]})"
         if not found["changed"] and not found["missing"]:
             check = (f", {found['recheck']} files copied or rewritten with their times kept, "
                      f"checked by content when read" if found["recheck"] else "")
