@@ -479,14 +479,17 @@ def forget_failed_draws(study, space, storage, where: str) -> List[int]:
     import optuna
     from optuna.trial import TrialState
 
-    conflicts: Dict[Any, Dict[str, Any]] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    conflicts: Dict[int, Dict[str, Any]] = {}  # trial id -> its conflicting draws
+    numbers = []
+    for trial in failed:
         for name, old in trial.distributions.items():
             if name in space and not _compatible(old, space[name]):
-                conflicts.setdefault(trial, {})[name] = trial.params[name]
+                conflicts.setdefault(trial._trial_id, {})[name] = trial.params[name]
+        if trial._trial_id in conflicts:
+            numbers.append(trial.number)
     if not conflicts:
         return []
-    numbers = sorted(t.number for t in conflicts)
     names = sorted({n for params in conflicts.values() for n in params})
     if not isinstance(storage, optuna.storages.RDBStorage):
         raise ConfigError(f"{names[0]}: failed trial(s) {', '.join(map(str, numbers))} of study "
@@ -499,18 +502,18 @@ def forget_failed_draws(study, space, storage, where: str) -> List[int]:
     # One transaction: the parameters go, the record of them comes (a finished trial's
     # attributes cannot be set through Optuna's API).
     with _create_scoped_session(storage.scoped_session, True) as session:
-        for trial, params in conflicts.items():
+        for trial_id, params in conflicts.items():
             session.query(models.TrialParamModel).filter(
-                models.TrialParamModel.trial_id == trial._trial_id,
+                models.TrialParamModel.trial_id == trial_id,
                 models.TrialParamModel.param_name.in_(list(params))).delete(
                     synchronize_session=False)
             attr = session.query(models.TrialSystemAttributeModel).filter(
-                models.TrialSystemAttributeModel.trial_id == trial._trial_id,
+                models.TrialSystemAttributeModel.trial_id == trial_id,
                 models.TrialSystemAttributeModel.key == DROPPED_PARAMS).one_or_none()
             kept = {**(json.loads(attr.value_json) if attr else {}), **params}
             if attr is None:
                 session.add(models.TrialSystemAttributeModel(
-                    trial_id=trial._trial_id, key=DROPPED_PARAMS, value_json=json.dumps(kept)))
+                    trial_id=trial_id, key=DROPPED_PARAMS, value_json=json.dumps(kept)))
             else:
                 attr.value_json = json.dumps(kept)
     log.warning("Failed trial(s) %s drew %s from another kind of distribution than this "
@@ -606,16 +609,16 @@ class OptunaSearch:
     def run(self, arguments: List[str]) -> None:
         space, fixed = search_space(dict(self.s.params or {}), arguments)
         study, created, where = self.open()
+        check_space_fits(study, space)  # before anything is changed: a refusal changes nothing
+        drop_queued_misfits(study, space)
+        if forget_failed_draws(study, space, self.storage, where):
+            study = optuna_reload(study, self.storage)  # this process cached the old draws
         before, _ = counted_trials(study)
         log.info("Optuna study %s in %s: %s %s, %s sampler, %d of %d trials there already%s",
                  study.study_name, where, self.direction, self.metric, self.s.sampler, before,
                  self.s.n_trials, "" if created else " (joined)")
         log.info("Other processes join this search with: hydra.sweeper.storage=%s "
                  "hydra.sweeper.study_name=%s", where, study.study_name)
-        check_space_fits(study, space)  # before anything is changed: a refusal changes nothing
-        drop_queued_misfits(study, space)
-        if forget_failed_draws(study, space, self.storage, where):
-            study = optuna_reload(study, self.storage)  # this process cached the old draws
         requeue_stale_trials(study, self.sweep_dir, self.s.stale_after_s)
         fixed_overrides = list(fixed.values())
         with Heartbeat(study, self.s.heartbeat_s) as heartbeat:

@@ -117,7 +117,7 @@ def test_a_study_broken_by_a_float_draw_for_an_integer_goes_on(tmp_path, cache, 
     assert proc.returncode == 0, output
     assert "does not fit" not in output and "Traceback" not in output
     # The queued float is not run again (it would fail again, forever) ...
-    assert "Trial(s) 1 queued with dataset.num_bins=2.624074561769746" in output
+    assert "Trial 1 queued with dataset.num_bins=2.624074561769746" in output
     trials = load_study(f"sqlite:///{db}", "broken").trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE"]
     assert "job_dir" not in trials[1].user_attrs
@@ -129,6 +129,36 @@ def test_a_study_broken_by_a_float_draw_for_an_integer_goes_on(tmp_path, cache, 
     # The old float draw is kept where a person reads it, not where Optuna compares spaces.
     assert trials[0].system_attrs["event_seg:dropped_params"] == {
         "dataset.num_bins": 2.624074561769746}
+
+
+def test_a_broken_journal_study_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+    """A journal is append-only: the failed trial's float draw cannot be forgotten there."""
+    import optuna
+    from omegaconf import OmegaConf
+    from optuna.distributions import FloatDistribution
+    from optuna.storages.journal import JournalFileBackend
+
+    from event_seg.errors import ConfigError
+    from event_seg.optuna_search import OptunaSearch
+    from hydra_plugins.event_seg_sweeper.optuna_sweeper import EventSegOptunaSweeperConf
+
+    journal = tmp_path / "study.log"
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(storage=storage, study_name="broken", direction="maximize")
+    study.set_user_attr("optimized_metric", "best_val_mean_iou")
+    trial = study.ask({"dataset.num_bins": FloatDistribution(2.0, 6.0)})
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    before = journal.read_bytes()
+    settings = OmegaConf.merge(OmegaConf.structured(EventSegOptunaSweeperConf), {
+        "storage": str(journal), "study_name": "broken",
+        "params": {"dataset.num_bins": "int(interval(2, 6))"}})
+    search = OptunaSearch(settings, OmegaConf.create({"optimized_metric": "best_val_mean_iou"}),
+                          None, tmp_path)
+    with pytest.raises(ConfigError, match=r"^dataset.num_bins: failed trial\(s\) 0 of study "
+                                          r"broken drew it from another kind of distribution, "
+                                          r"and a journal .* cannot forget a draw"):
+        search.run([])
+    assert journal.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------------------------
