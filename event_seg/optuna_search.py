@@ -116,7 +116,7 @@ def check_values_fit(space, typed: Dict[str, str], cfg) -> None:
             values = list(dist.choices)
         elif isinstance(dist, FloatDistribution) and dist.step is None:
             # the ends, and a value in between that no integer is
-            values = [dist.low, dist.high, dist.low + (dist.high - dist.low) * 0.377]
+            values = [dist.low + (dist.high - dist.low) * 0.377, dist.low, dist.high]
         else:
             values = [dist.low, dist.high]
         for value in values:
@@ -128,9 +128,12 @@ def check_values_fit(space, typed: Dict[str, str], cfg) -> None:
                 spec = f"{key}={typed.get(key, value)}"
                 if isinstance(dist, FloatDistribution) and _takes_integers(cfg, key):
                     start, end = (_plain(v) for v in (dist.low, dist.high))
+                    ints = f"int(interval({start}, {end}))"
+                    between = dist.low + (dist.high - dist.low) * 0.377
                     raise ConfigError(
-                        f"{spec} draws floats ({value:.4g}) and {key} takes integers: search "
-                        f"it with int(interval({start}, {end})) or range(...)") from None
+                        f"{spec} draws floats (such as {between:.4g}) and {key} takes "
+                        f"integers: search it with "
+                        f"{f'tag(log, {ints})' if dist.log else ints} or range(...)") from None
                 raise ConfigError(f"{spec}: a trial would set {key}={value}: "
                                   f"{first_line(str(e))}") from None
 
@@ -406,7 +409,6 @@ def check_space_fits(study, space) -> None:
     """Refuses, before asking for a trial (which would stay behind, running), a search space
     whose choices differ from what the study's trials were drawn from."""
     from optuna.distributions import check_distribution_compatibility
-
     from optuna.trial import TrialState
 
     seen: Dict[str, Any] = {}
