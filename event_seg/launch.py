@@ -132,13 +132,34 @@ def _compose_and_check(argv: List[str], config_dir: str):
     if str(cfg.hydra.sweeper.get("_target_", "")).startswith("hydra_plugins.event_seg_sweeper"):
         from .optuna_search import check_settings
 
-        check_settings(cfg.hydra.sweeper, cfg.optimized_metric, [o.input_line for o in parsed])
+        check_settings(cfg.hydra.sweeper, cfg.optimized_metric, [o.input_line for o in parsed],
+                       cfg=cfg)
     if is_sweep(argv):
         _check_swept_values(parsed, cfg, config_dir)
+        _check_slurm_is_here(cfg)
     if not run_folder_pattern(cfg, is_sweep(argv)).strip():
         raise ConfigError("hydra.run.dir / hydra.sweep.dir is empty: a run needs a folder of "
                           "its own (leave them at their defaults, or name a folder)")
     return cfg
+
+
+def _check_slurm_is_here(cfg) -> None:
+    """submitit's SLURM executor refuses to start without ``srun`` on PATH (and submits with
+    ``sbatch``): say so before the sweep folder exists, not in a traceback after it."""
+    import shutil
+
+    target = str(cfg.hydra.launcher.get("_target_", ""))
+    if not target.startswith("hydra_plugins.hydra_submitit_launcher") or \
+            not target.endswith("SlurmLauncher"):
+        return
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        choice = cfg.hydra.runtime.choices.get("hydra/launcher", "submitit_slurm")
+        raise ConfigError(f"hydra/launcher={choice} submits jobs with SLURM, and "
+                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on "
+                          f"PATH here: run the sweep on a SLURM login node, or use "
+                          f"hydra/launcher=submitit_local (the same machinery, on this machine) "
+                          f"or joblib")
 
 
 def _check_swept_options(parsed, config_dir: str) -> None:

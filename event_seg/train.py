@@ -441,7 +441,10 @@ def _run_sweep_job(cfg: DictConfig) -> float:
 
     _skipped = False
     hydra_cfg = HydraConfig.get()
-    direction = _config.metric_direction(cfg.optimized_metric)
+    # The summary ranks as the sweeper optimises: hydra.sweeper.direction where it says one.
+    setting = str(hydra_cfg.sweeper.get("direction", "auto"))
+    direction = (setting if setting in ("maximize", "minimize")
+                 else _config.metric_direction(cfg.optimized_metric))
     # The overrides that set this job apart (what its folder is named by), not the sweep's own.
     shared = set(hydra_cfg.job.config.override_dirname.exclude_keys or [])
     own = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").split("=", 1)[0] not in shared]
