@@ -173,6 +173,7 @@ def check_model(cfg) -> None:
     from types import SimpleNamespace
 
     import torch
+    from omegaconf import OmegaConf
 
     from .data.build import event_channels, input_channels
 
@@ -183,10 +184,17 @@ def check_model(cfg) -> None:
                            num_classes=len(dataset.class_names), height=int(dataset.height),
                            width=int(dataset.width))
     train_batch = min(2, int(cfg.trainer.batch_size))
+    # The command check and the run's own start (train.run: a swept group option or a sampled
+    # value reaches only the latter) check one config twice in one process: pay once.
+    key = repr((OmegaConf.to_container(cfg.model, resolve=True), sorted(vars(info).items()),
+                train_batch))
+    if key in _PASSED:
+        return
     meta = _meta_model(cfg.model, info)
     if meta is not None:
         try:
             _check_on(torch.device("meta"), cfg.model, info, train_batch, meta)
+            _PASSED.add(key)
             return
         except Exception:  # noqa: BLE001  (meta is a shortcut for a pass, never a verdict)
             pass
@@ -194,6 +202,10 @@ def check_model(cfg) -> None:
         _check_on(torch.device("cpu"), cfg.model, info, train_batch)
     except ConfigError as e:
         raise ConfigError(f"{e}{_working_size(cfg.model, info, train_batch)}") from None
+    _PASSED.add(key)
+
+
+_PASSED: set = set()  # check_model's passed configs in this process
 
 
 def _meta_model(model_cfg, info):
