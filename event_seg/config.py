@@ -506,11 +506,8 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} must be positive")
-    # Encoder-decoders downsample 5 times; other sizes fail deep inside smp.
-    for key in ("height", "width"):
-        if cfg.dataset[key] % 32:
-            raise ConfigError(f"dataset.{key}={cfg.dataset[key]} must be a multiple of 32 "
-                              f"(the encoder's output stride)")
+    # Which frame sizes a model takes is its own (smp's Unet pads, FPN needs multiples of 32, a
+    # _target_ model has no encoder stride): models.check_model's dry run decides, in one line.
     _validate_schedule(cfg.scheduler)
     _validate_precision(cfg.trainer)
     _validate_loss(cfg.loss, len(cfg.dataset.class_names))

@@ -256,15 +256,20 @@ def _build_bare(model_cfg, info, device):
 
 
 def _working_size(model_cfg, info, train_batch: int) -> str:
-    """``; it runs at dataset.height=128 dataset.width=128``: the smallest frame, each side
-    raised to at least 32 * k, on which the model passes (on meta, built once, at most 16
-    sizes tried), or nothing."""
+    """``; it runs at dataset.height=128 dataset.width=128``: the first frame on which the
+    model passes (on meta, built once, at most 16 sizes tried), or nothing."""
     import torch
 
     meta, model = torch.device("meta"), _meta_model(model_cfg, info)
     if model is None:
         return ""
     sizes = []
+    # First each side rounded up to a multiple of an output stride (48x80 -> 64x96 for a
+    # stride-32 decoder), then both raised to a floor (PAN's pyramid needs 128 or more).
+    for stride in (8, 16, 32):
+        size = tuple(-(-side // stride) * stride for side in (info.height, info.width))
+        if size != (info.height, info.width) and size not in sizes:
+            sizes.append(size)
     for k in range(1, 33):
         size = (max(info.height, 32 * k), max(info.width, 32 * k))
         if size != (info.height, info.width) and size not in sizes:
