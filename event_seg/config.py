@@ -613,8 +613,9 @@ def _validate_augment(augment) -> None:
                                and 0 < scale[0] <= scale[1]):
         raise ConfigError(f"dataset.augment.scale={scale} must be a [min, max] pair with "
                           f"0 < min <= max, e.g. [0.9, 1.1] (1: unscaled)")
-    if not (math.isfinite(augment.rotate_deg) and 0.0 <= augment.rotate_deg <= 180.0):
-        raise ConfigError(f"dataset.augment.rotate_deg={augment.rotate_deg} must be in [0, 180] "
+    # Up to 360: 180 or 360 both mean any angle, as albumentations takes them.
+    if not (math.isfinite(augment.rotate_deg) and 0.0 <= augment.rotate_deg <= 360.0):
+        raise ConfigError(f"dataset.augment.rotate_deg={augment.rotate_deg} must be in [0, 360] "
                           f"(degrees; the angle is drawn from [-rotate_deg, rotate_deg])")
     if not (math.isfinite(augment.translate) and 0.0 <= augment.translate < 1.0):
         raise ConfigError(f"dataset.augment.translate={augment.translate} must be in [0, 1) (a "
