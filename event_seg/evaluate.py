@@ -207,6 +207,9 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     state = load_checkpoint(checkpoint)
     cfg = evaluation_config(state.get("config", {}), overrides, checkpoint)
     _config.validate(cfg)
+    from .models import check_model
+
+    check_model(cfg)  # the dry forward pass at the size evaluated, before any data is built
     if split not in cfg.dataset.splits:
         raise ConfigError(f"split={split}: dataset '{cfg.dataset.name}' has the splits "
                           f"{', '.join(cfg.dataset.splits)}")

@@ -26,6 +26,11 @@ def run(cfg: DictConfig) -> float:
     """Trains one configured run and returns its ``optimized_metric`` (what sweepers optimise:
     the best ``val_mean_iou`` unless the config names another key of metrics.json)."""
     _config.validate(cfg)
+    # The dry forward pass before any data is built: a swept group option (model=unet,pan) or
+    # an Optuna-sampled value is checked here only, and fails its job in one line.
+    from .models import check_model
+
+    check_model(cfg)
     _config.make_paths_absolute(cfg)  # evaluate, resume and sweeps may start elsewhere
 
     from . import distributed
