@@ -110,11 +110,9 @@ def run(cfg: DictConfig) -> float:
     }
     if ctx.is_main:
         # Written once the start has succeeded: a start that fails (no dataset, a model that
-        # does not build) leaves no config a later command would be held to, and the folder
-        # this command made is removed again (folder_lock). From here on it is kept.
+        # does not build) leaves no config a later command would be held to.
         write_text_atomic(trial.run_dir / "config.yaml",
                           OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        folder_lock.started(trial.run_dir)
     exit_code = 1  # anything escaping below is a failure unless fit() returns
     try:
         loggers.log_config(resolved, meta)
@@ -130,6 +128,12 @@ def run(cfg: DictConfig) -> float:
                         kept, resume_command(trial))
         raise
     finally:
+        if ctx.is_main and (exit_code != 1 or trainer.saved_epoch):
+            # Work to keep: a finished run, a saved epoch, or a stop whose resume command was
+            # just printed. A new folder whose run failed before that (a loss that diverged in
+            # epoch 1, a model that fails at its first step) holds nothing to resume, and its
+            # config.yaml would refuse the corrected command: it is removed at exit.
+            folder_lock.keep(trial.run_dir)
         loggers.close(exit_code)
         distributed.shutdown()
 
