@@ -198,3 +198,20 @@ def test_a_run_stopped_in_its_first_epoch_keeps_its_folder_to_resume(tmp_path, c
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output
     assert "no epoch had finished yet" in output and "Resume with:" in output, output
     assert (tmp_path / "unet_s" / "config.yaml").is_file()  # what the printed command resumes
+
+
+def test_cfg_job_shows_the_run_that_latest_resumes(tmp_path):
+    _run_of(tmp_path / "unet_2026-01-01_00-00-00", "2026-01-01_00-00-00")
+
+    def cfg_job(out: Path):
+        return subprocess.run([sys.executable, "-m", "event_seg.train", "--cfg", "job",
+                               "--resolve", "trial_timestamp=latest", f"paths.output_root={out}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    shown = cfg_job(tmp_path)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "\nrun_name: unet_2026-01-01_00-00-00\n" in shown.stdout, shown.stdout[-400:]
+    none = cfg_job(tmp_path / "empty")  # what the run would say: one line, exit 2
+    assert none.returncode == 2 and none.stderr.startswith("error: trial_timestamp=latest: no "
+                                                           "earlier run"), none.stderr
+    assert none.stdout == "" and not (tmp_path / "empty").exists()
