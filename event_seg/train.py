@@ -207,19 +207,20 @@ def seed_everything(seed: int) -> None:
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-# The keys most commands set, in the order --help lists them (each with its default).
+# The keys most commands set, in the order --help lists them (each with its default; a key
+# with allowed values and no text here lists those, from config.CHOICES, so they never drift).
 MOST_USED_KEYS = (
     ("trainer.epochs", "epochs to train"),
     ("trainer.batch_size", "samples per batch (per process under torchrun)"),
     ("trainer.device", "auto | cpu | cuda | cuda:N"),
-    ("trainer.precision", "auto | fp32 | bf16 | fp16"),
+    ("trainer.precision", ""),
     ("trainer.num_workers", "DataLoader worker processes"),
     ("trainer.limit_batches", "the most batches per stage per epoch (quick runs)"),
     ("optimizer.lr", "learning rate"),
     ("model.encoder_name", "any segmentation_models_pytorch encoder"),
     ("dataset.root", "the folder of a real dataset"),
-    ("dataset.modality", "rgb | events | rgb+events"),
-    ("dataset.representation", "voxel_grid | histogram | time_surface | mdes"),
+    ("dataset.modality", ""),
+    ("dataset.representation", ""),
     ("dataset.num_bins", "time bins of the voxel grid and MDES"),
     ("loss.class_weights", "a list, or auto"),
     ("paths.output_root", "where run folders go"),
@@ -266,6 +267,7 @@ def train_help(config_dir: str = CONFIG_DIR) -> str:
         for part in key.split("."):
             value = value[part]
         value = "null" if value is None else value
+        what = what or " | ".join(_config.CHOICES[key])
         lines.append(f"  {key:<24}{what}  [{value}]")
     lines += [
         "",
