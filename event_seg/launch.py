@@ -319,16 +319,17 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
     if not runs_a_job(argv):
         # --cfg job, --info, --resolve ...: Hydra prints the config this command composes, so
         # it gets the same check as a run; a pinned timestamp keeps the printout concrete.
-        compose_command(argv, config_dir)
+        # trial_timestamp=latest is shown as the run it resumes (or refused as the run would).
+        cfg = compose_command(argv, config_dir)
+        if given == "latest":
+            return with_timestamp(argv, _latest(cfg, is_sweep(argv))), None
         return (argv if given else with_timestamp(argv, datetime.datetime.now().strftime(
             TIMESTAMP_FORMAT))), None
     cfg = compose_command(argv, config_dir)
     sweep = is_sweep(argv)
     pattern = run_folder_pattern(cfg, sweep)
     if given == "latest":
-        from .latest import latest_timestamp
-
-        given = latest_timestamp(pattern, sweep, run_name=str(cfg.run_name))
+        given = _latest(cfg, sweep)
     # A single run's new folder goes again when its start fails; a sweep's folder holds its
     # jobs' records (job_status.json, the summary) whatever they did.
     if given is None:
@@ -336,3 +337,9 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
     elif main_rank:
         claim_folder(pattern, given, until_started=not sweep)
     return with_timestamp(argv, given), (pattern.replace(PLACEHOLDER, given) if sweep else None)
+
+
+def _latest(cfg, sweep: bool) -> str:
+    from .latest import latest_timestamp
+
+    return latest_timestamp(run_folder_pattern(cfg, sweep), sweep, run_name=str(cfg.run_name))
