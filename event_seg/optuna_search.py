@@ -255,7 +255,16 @@ def sqlite_file(setting: Optional[str], sweep_dir: Path) -> Optional[Path]:
     """The SQLite file a storage setting names, or None (a server URL, a journal)."""
     setting = str(setting or sweep_dir / DEFAULT_DB)
     if "://" in setting:
-        rest = setting[len("sqlite:///"):] if setting.startswith("sqlite:///") else ""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        # SQLAlchemy's own reading of the URL: a driver (sqlite+pysqlite://) and a query
+        # (?timeout=5) name the same file as the plain URL, so they share its lock.
+        try:
+            url = make_url(setting)
+        except ArgumentError:
+            return None  # storage_for says what is wrong with it
+        rest = url.database if url.get_backend_name() == "sqlite" else None
         return Path(rest).expanduser().absolute() if rest and rest != ":memory:" else None
     path = Path(setting).expanduser().absolute()
     return path if path.suffix in SQLITE_SUFFIXES else None
@@ -271,8 +280,12 @@ def first_open_lock(setting: Optional[str], sweep_dir: Path):
     if path is None:  # a journal locks itself; a database server is left to Optuna
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a file where a folder should be, a folder we may not write in
+        raise ConfigError(f"hydra.sweeper.storage={setting or path}: cannot open it as an Optuna "
+                          f"storage ({type(e).__name__}: {first_line(str(e))})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by close (or by the kernel, at a crash)
         yield

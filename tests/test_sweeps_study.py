@@ -218,6 +218,43 @@ def test_four_sweepers_opening_one_new_sqlite_study_at_once_all_get_it(tmp_path)
                           "together").user_attrs == {"optimized_metric": "best_val_mean_iou"}
 
 
+def open_search(tmp_path, storage):
+    from omegaconf import OmegaConf
+
+    from event_seg.optuna_search import OptunaSearch
+    from hydra_plugins.event_seg_sweeper.optuna_sweeper import EventSegOptunaSweeperConf
+
+    settings = OmegaConf.merge(OmegaConf.structured(EventSegOptunaSweeperConf),
+                               {"storage": storage, "study_name": "s"})
+    return OptunaSearch(settings, OmegaConf.create({"optimized_metric": "best_val_mean_iou"}),
+                        None, tmp_path / "sweep").open()
+
+
+def test_a_storage_whose_lock_cannot_be_made_is_one_line(tmp_path):
+    """The lock beside the file is made first: where it cannot be (a file where its folder
+    should be, a folder this user may not write in), the storage is refused in one line."""
+    from event_seg.errors import ConfigError
+
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.storage=.*notes.txt/study.db: cannot "
+                                          r"open it as an Optuna storage \(FileExistsError"):
+        open_search(tmp_path, str(tmp_path / "notes.txt" / "study.db"))
+
+
+def test_a_sqlite_url_with_a_driver_or_a_query_shares_the_files_lock(tmp_path):
+    from event_seg.optuna_search import sqlite_file
+
+    db = tmp_path / "study.db"
+    for url in (f"sqlite:///{db}", f"sqlite+pysqlite:///{db}", f"sqlite:///{db}?timeout=5",
+                str(db)):
+        assert sqlite_file(url, tmp_path) == db, url
+    for url in ("sqlite://", "sqlite:///:memory:", "postgresql://u@localhost/db",
+                str(tmp_path / "study.log")):
+        assert sqlite_file(url, tmp_path) is None, url
+    open_search(tmp_path, f"sqlite:///{db}?timeout=5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.db", "study.db.lock"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The sweeper's direction ranks the summary
 
