@@ -90,7 +90,7 @@ def check_settings(sweeper, optimized_metric: str, arguments: Sequence[str] = ()
         raise ConfigError(f"hydra.sweeper.stale_after_s={sweeper.stale_after_s} must exceed "
                           f"heartbeat_s={sweeper.heartbeat_s} (a live trial beats every "
                           f"heartbeat_s)")
-    space, _, typed = _space(dict(sweeper.params or {}), arguments)
+    space, _, typed, _ = _space(dict(sweeper.params or {}), arguments)
     if not space:
         raise ConfigError("nothing is left to search: every key of hydra.sweeper.params is fixed "
                           "on the command line (or there are none); search one with e.g. "
@@ -164,12 +164,13 @@ def search_space(params: Dict[str, Any], arguments: Sequence[str]):
     syntax: ``choice(a,b)`` or ``a,b`` (categorical), ``range(1,9)`` (integers, a step),
     ``interval(lo,hi)`` (floats), ``int(interval(lo,hi))`` (integers), ``tag(log, ...)`` (log
     scale). The command line's values override ``hydra.sweeper.params``."""
-    space, fixed, _ = _space(params, arguments)
+    space, fixed, _, _ = _space(params, arguments)
     return space, fixed
 
 
 def _space(params: Dict[str, Any], arguments: Sequence[str]):
-    """search_space(), and each swept key's value as typed (for messages)."""
+    """search_space(), each swept key's value as typed (for messages), and, for each choice,
+    how Hydra reads each of its values back (see trial_overrides)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -180,7 +181,7 @@ def _space(params: Dict[str, Any], arguments: Sequence[str]):
         parsed = OverridesParser.create().parse_overrides(lines)
     except HydraException as e:
         raise ConfigError(f"hydra.sweeper.params: {str(e).splitlines()[0]}") from None
-    space, fixed, typed = {}, {}, {}
+    space, fixed, typed, texts = {}, {}, {}, {}
     for o in parsed:
         key = o.get_key_element()
         fixed.pop(key, None)
@@ -193,6 +194,14 @@ def _space(params: Dict[str, Any], arguments: Sequence[str]):
         if o.is_choice_sweep():
             from hydra.core.override_parser.types import Transformer
 
+            from hydra.core.override_parser.types import Override
+
+            # Optuna holds each choice as Hydra encodes it (a list as its text "[1,2]", a
+            # string as itself); the override that hands it to the job is Hydra's own text
+            # of it (a list as a list, a string escaped: 'a,b' is not a sweep of a and b).
+            elements = value.list if hasattr(value, "list") else [value]
+            texts[key] = {_typed(Transformer.encode(x)): Override._get_value_element_as_str(x)
+                          for x in elements}
             space[key] = CategoricalDistribution(list(o.sweep_iterator(
                 transformer=Transformer.encode)))
         elif o.is_range_sweep():
@@ -220,7 +229,19 @@ def _space(params: Dict[str, Any], arguments: Sequence[str]):
         else:
             raise ConfigError(f"{key}={o.input_line.split('=', 1)[1]}: the Optuna search takes "
                               "choice(...), range(...) or interval(...)")
-    return space, fixed, typed
+    return space, fixed, typed, texts
+
+
+def _typed(value) -> tuple:
+    return type(value), value  # True == 1 == 1.0 as dict keys: keep them apart
+
+
+def trial_overrides(params: Dict[str, Any], texts: Dict[str, Dict[tuple, str]]) -> List[str]:
+    """A trial's values as overrides Hydra reads back as those values."""
+    from hydra.core.override_parser.types import Override
+
+    return [f"{k}={texts.get(k, {}).get(_typed(v)) or Override._get_value_element_as_str(v)}"
+            for k, v in params.items()]
 
 
 def _flat(params: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -603,6 +624,7 @@ class OptunaSearch:
         self.metric = str(config.optimized_metric)
         self.direction = direction(settings.direction, self.metric)  # warns once, here
         self.job_idx = 0
+        self.texts: Dict[str, Dict[tuple, str]] = {}  # run() fills it (_space)
         self.storage = None
 
     def open(self):
@@ -622,7 +644,7 @@ class OptunaSearch:
         return study, created, where
 
     def run(self, arguments: List[str]) -> None:
-        space, fixed = search_space(dict(self.s.params or {}), arguments)
+        space, fixed, _, self.texts = _space(dict(self.s.params or {}), arguments)
         study, created, where = self.open()
         check_space_fits(study, space)  # before anything is changed: a refusal changes nothing
         drop_queued_misfits(study, space)
@@ -650,7 +672,7 @@ class OptunaSearch:
                 for trial in batch:
                     first.setdefault(tuple(sorted(trial.params.items())), trial)
                 launched = list(first.values())
-                overrides = [fixed_overrides + [f"{k}={v}" for k, v in t.params.items()]
+                overrides = [fixed_overrides + trial_overrides(t.params, self.texts)
                              for t in launched]
                 try:
                     returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
@@ -733,7 +755,7 @@ class OptunaSearch:
             results.update(best_value=float(best.value), best_params=dict(best.params),
                            best_trial=best.number, best_job_dir=best.user_attrs.get(JOB_DIR))
             log.info("Best of the study: trial %d, %s %.4f, %s", best.number, self.metric,
-                     best.value, " ".join(f"{k}={v}" for k, v in best.params.items()))
+                     best.value, " ".join(trial_overrides(best.params, self.texts)))
         else:
             log.warning("No trial of study %s has finished yet", study.study_name)
         write_text_atomic(self.sweep_dir / "optimization_results.yaml",

@@ -40,6 +40,34 @@ def test_int_intervals_are_optuna_int_distributions():
     assert space["optimizer.lr"] == FloatDistribution(1.0, 2.0)  # Hydra's interval: floats
 
 
+def test_each_trials_values_reach_its_job_as_drawn():
+    """A trial's values are handed to Hydra as override text: a choice with a comma, a space
+    or an '=' must reach the job as that string (unescaped, 'x,y' made Hydra refuse the
+    trial's job as an ambiguous sweep, and the whole search ended), a list as that list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from event_seg.optuna_search import _space, trial_overrides
+
+    params = {"model.name": "choice('a,b', 'p q', 'x=y', plain)",
+              "dataset.size": "choice([32,64], [64,128])",
+              "dataset.num_bins": "int(interval(2, 6))", "optimizer.lr": "interval(1e-4, 1e-2)",
+              "trainer.deterministic": "choice(true, false)"}
+    space, _, _, texts = _space(params, [])
+    drawn = [{"model.name": name, "dataset.size": size, "dataset.num_bins": 3,
+              "optimizer.lr": 1e-05, "trainer.deterministic": flag}
+             for name, size, flag in zip(space["model.name"].choices,
+                                         space["dataset.size"].choices * 2, (True, False) * 2)]
+    parser = OverridesParser.create()
+    for values in drawn:
+        parsed = parser.parse_overrides(trial_overrides(values, texts))
+        assert not any(o.is_sweep_override() for o in parsed)
+        got = {o.get_key_element(): o.value() for o in parsed}
+        assert got["model.name"] == values["model.name"]
+        assert got["dataset.size"] in ([32, 64], [64, 128])
+        assert got["dataset.num_bins"] == 3 and got["optimizer.lr"] == 1e-05
+        assert got["trainer.deterministic"] is values["trainer.deterministic"]
+
+
 def test_a_float_interval_for_an_integer_key_is_refused_in_one_line(tmp_path, cache):
     proc = run(optuna_cmd(tmp_path, "dataset.num_bins=interval(2, 6)"), cache)
     assert proc.returncode == 2, proc.stdout + proc.stderr
