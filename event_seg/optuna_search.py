@@ -205,16 +205,28 @@ def _space(params: Dict[str, Any], arguments: Sequence[str]):
             space[key] = CategoricalDistribution(list(o.sweep_iterator(
                 transformer=Transformer.encode)))
         elif o.is_range_sweep():
-            numbers = (value.start, value.stop, value.step)
+            spec = f"{key}={typed[key]}"
             if value.shuffle:
                 raise ConfigError(f"{key}: shuffle(range(...)) is a grid idea; use choice(...)")
-            if any(isinstance(n, float) for n in numbers):
-                # range's stop is exclusive, Optuna's high inclusive: the last value below stop.
-                last = value.start + math.floor((value.stop - value.start) / value.step - 1e-9) * value.step
-                space[key] = FloatDistribution(value.start, last, step=value.step)
+            if value.step == 0:
+                raise ConfigError(f"{spec}: a range's step 0 never reaches its end")
+            # The values Hydra's grid would sweep (its stop is exclusive, a step may count
+            # down), as the Optuna distribution from the lowest to the highest of them.
+            drawn = [float(f"{v:.12g}") if isinstance(v, float) else v
+                     for v in o.sweep_iterator()]
+            if not drawn:
+                raise ConfigError(f"{spec}: the range holds no value (its stop is exclusive)")
+            low, high, step = min(drawn), max(drawn), abs(value.step)
+            if "log" in value.tags:
+                if isinstance(low, float) or step != 1 or low <= 0:
+                    raise ConfigError(f"{spec}: a log scale takes integers from 1 in steps of "
+                                      f"1 (Optuna); use tag(log, int(interval(lo, hi))) or "
+                                      f"tag(log, interval(lo, hi))")
+                space[key] = IntDistribution(low, high, log=True)
+            elif isinstance(low, float) or isinstance(high, float):
+                space[key] = FloatDistribution(float(low), float(high), step=float(step))
             else:
-                last = value.start + ((value.stop - value.start - 1) // value.step) * value.step
-                space[key] = IntDistribution(int(value.start), int(last), step=int(value.step))
+                space[key] = IntDistribution(low, high, step=int(step))
         elif o.is_interval_sweep():
             log_scale = "log" in value.tags
             if value.start >= value.end or (log_scale and value.start <= 0):

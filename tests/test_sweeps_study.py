@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,28 @@ def test_int_intervals_are_optuna_int_distributions():
     assert space["dataset.num_bins"] == IntDistribution(2, 6)
     assert space["trainer.batch_size"] == IntDistribution(2, 64, log=True)
     assert space["optimizer.lr"] == FloatDistribution(1.0, 2.0)  # Hydra's interval: floats
+
+
+def test_ranges_draw_what_hydra_would_sweep_and_a_log_range_is_log_scale():
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from event_seg.errors import ConfigError
+    from event_seg.optuna_search import search_space
+
+    def space(value):
+        return search_space({"dataset.num_bins": value}, [])[0]["dataset.num_bins"]
+
+    assert space("range(2, 11, 4)") == IntDistribution(2, 10, step=4)
+    assert space("range(5, 1, -1)") == IntDistribution(2, 5)  # Hydra sweeps 5, 4, 3, 2
+    assert space("range(0.1, 0.5, 0.1)") == FloatDistribution(0.1, 0.4, step=0.1)
+    assert space("range(0.5, 0.1, -0.1)") == FloatDistribution(0.2, 0.5, step=0.1)
+    assert space("tag(log, range(1, 65))") == IntDistribution(1, 64, log=True)
+    for value, why in [("range(1, 10, 0)", "step 0"), ("range(3, 3)", "holds no value"),
+                       ("range(1, 5, -1)", "holds no value"),
+                       ("tag(log, range(1, 64, 2))", "log scale"),
+                       ("tag(log, range(0, 8))", "log scale")]:
+        with pytest.raises(ConfigError, match=rf"^dataset.num_bins={re.escape(value)}: .*{why}"):
+            space(value)
 
 
 def test_each_trials_values_reach_its_job_as_drawn():
