@@ -90,19 +90,21 @@ def check_settings(sweeper, optimized_metric: str, arguments: Sequence[str] = ()
         raise ConfigError(f"hydra.sweeper.stale_after_s={sweeper.stale_after_s} must exceed "
                           f"heartbeat_s={sweeper.heartbeat_s} (a live trial beats every "
                           f"heartbeat_s)")
-    space, _, typed, _ = _space(dict(sweeper.params or {}), arguments)
+    space, _, typed, texts = _space(dict(sweeper.params or {}), arguments)
     if not space:
         raise ConfigError("nothing is left to search: every key of hydra.sweeper.params is fixed "
                           "on the command line (or there are none); search one with e.g. "
                           "'optimizer.lr=tag(log, interval(1e-4, 1e-2))'")
     if cfg is not None:
-        check_values_fit(space, typed, cfg)
+        check_values_fit(space, typed, texts, cfg)
 
 
-def check_values_fit(space, typed: Dict[str, str], cfg) -> None:
-    """Sets a few values of each searched key on the composed config, as a trial's job would:
-    a value the key cannot take (a float for an integer) is one line now, not a job that
-    fails to start in every trial."""
+def check_values_fit(space, typed: Dict[str, str], texts, cfg) -> None:
+    """Sets a few values of each searched key on the composed config, as a trial's job would
+    (through the override text it is given: a choice [0.9,1.1] is a list): a value the key
+    cannot take (a float for an integer) is one line now, not a job that fails to start in
+    every trial."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -121,8 +123,10 @@ def check_values_fit(space, typed: Dict[str, str], cfg) -> None:
             values = [dist.low, dist.high]
         for value in values:
             variant = cfg.copy()
+            [override] = OverridesParser.create().parse_overrides(
+                trial_overrides({key: value}, texts))
             try:
-                OmegaConf.update(variant, key, value, merge=True)
+                OmegaConf.update(variant, key, override.value(), merge=True)
                 validate(variant)
             except (OmegaConfBaseException, ConfigError) as e:
                 spec = f"{key}={typed.get(key, value)}"

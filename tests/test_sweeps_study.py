@@ -91,6 +91,25 @@ def test_each_trials_values_reach_its_job_as_drawn():
         assert got["trainer.deterministic"] is values["trainer.deterministic"]
 
 
+def test_searched_values_are_checked_as_the_job_reads_them():
+    """The values of a choice are checked as the job's override reads them: a list is a list
+    (the check set the text '[0.9,1.1]' on a list key and refused a search that runs)."""
+    from test_config import compose
+
+    from event_seg.errors import ConfigError
+    from event_seg.optuna_search import check_settings
+
+    cfg = compose(["hparams_search=optuna"])
+
+    def check(*arguments):
+        check_settings(cfg.hydra.sweeper, cfg.optimized_metric, list(arguments), cfg=cfg)
+
+    check("dataset.augment.scale=choice([0.9,1.1],[0.8,1.2])", "model.name=choice('a,b', c)")
+    with pytest.raises(ConfigError, match=r"^dataset.augment.scale=choice\(\[0.9\],\[0.8,1.2\]\): "
+                                          r"a trial would set dataset.augment.scale=\[0.9\]"):
+        check("dataset.augment.scale=choice([0.9],[0.8,1.2])")
+
+
 def test_a_float_interval_for_an_integer_key_is_refused_in_one_line(tmp_path, cache):
     proc = run(optuna_cmd(tmp_path, "dataset.num_bins=interval(2, 6)"), cache)
     assert proc.returncode == 2, proc.stdout + proc.stderr
