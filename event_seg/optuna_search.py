@@ -90,19 +90,21 @@ def check_settings(sweeper, optimized_metric: str, arguments: Sequence[str] = ()
         raise ConfigError(f"hydra.sweeper.stale_after_s={sweeper.stale_after_s} must exceed "
                           f"heartbeat_s={sweeper.heartbeat_s} (a live trial beats every "
                           f"heartbeat_s)")
-    space, _, typed = _space(dict(sweeper.params or {}), arguments)
+    space, _, typed, texts = _space(dict(sweeper.params or {}), arguments)
     if not space:
         raise ConfigError("nothing is left to search: every key of hydra.sweeper.params is fixed "
                           "on the command line (or there are none); search one with e.g. "
                           "'optimizer.lr=tag(log, interval(1e-4, 1e-2))'")
     if cfg is not None:
-        check_values_fit(space, typed, cfg)
+        check_values_fit(space, typed, texts, cfg)
 
 
-def check_values_fit(space, typed: Dict[str, str], cfg) -> None:
-    """Sets a few values of each searched key on the composed config, as a trial's job would:
-    a value the key cannot take (a float for an integer) is one line now, not a job that
-    fails to start in every trial."""
+def check_values_fit(space, typed: Dict[str, str], texts, cfg) -> None:
+    """Sets a few values of each searched key on the composed config, as a trial's job would
+    (through the override text it is given: a choice [0.9,1.1] is a list): a value the key
+    cannot take (a float for an integer) is one line now, not a job that fails to start in
+    every trial."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -121,8 +123,10 @@ def check_values_fit(space, typed: Dict[str, str], cfg) -> None:
             values = [dist.low, dist.high]
         for value in values:
             variant = cfg.copy()
+            [override] = OverridesParser.create().parse_overrides(
+                trial_overrides({key: value}, texts))
             try:
-                OmegaConf.update(variant, key, value, merge=True)
+                OmegaConf.update(variant, key, override.value(), merge=True)
                 validate(variant)
             except (OmegaConfBaseException, ConfigError) as e:
                 spec = f"{key}={typed.get(key, value)}"
@@ -164,12 +168,13 @@ def search_space(params: Dict[str, Any], arguments: Sequence[str]):
     syntax: ``choice(a,b)`` or ``a,b`` (categorical), ``range(1,9)`` (integers, a step),
     ``interval(lo,hi)`` (floats), ``int(interval(lo,hi))`` (integers), ``tag(log, ...)`` (log
     scale). The command line's values override ``hydra.sweeper.params``."""
-    space, fixed, _ = _space(params, arguments)
+    space, fixed, _, _ = _space(params, arguments)
     return space, fixed
 
 
 def _space(params: Dict[str, Any], arguments: Sequence[str]):
-    """search_space(), and each swept key's value as typed (for messages)."""
+    """search_space(), each swept key's value as typed (for messages), and, for each choice,
+    how Hydra reads each of its values back (see trial_overrides)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -180,7 +185,7 @@ def _space(params: Dict[str, Any], arguments: Sequence[str]):
         parsed = OverridesParser.create().parse_overrides(lines)
     except HydraException as e:
         raise ConfigError(f"hydra.sweeper.params: {str(e).splitlines()[0]}") from None
-    space, fixed, typed = {}, {}, {}
+    space, fixed, typed, texts = {}, {}, {}, {}
     for o in parsed:
         key = o.get_key_element()
         fixed.pop(key, None)
@@ -193,19 +198,39 @@ def _space(params: Dict[str, Any], arguments: Sequence[str]):
         if o.is_choice_sweep():
             from hydra.core.override_parser.types import Transformer
 
+            from hydra.core.override_parser.types import Override
+
+            # Optuna holds each choice as Hydra encodes it (a list as its text "[1,2]", a
+            # string as itself); the override that hands it to the job is Hydra's own text
+            # of it (a list as a list, a string escaped: 'a,b' is not a sweep of a and b).
+            elements = value.list if hasattr(value, "list") else [value]
+            texts[key] = {_typed(Transformer.encode(x)): Override._get_value_element_as_str(x)
+                          for x in elements}
             space[key] = CategoricalDistribution(list(o.sweep_iterator(
                 transformer=Transformer.encode)))
         elif o.is_range_sweep():
-            numbers = (value.start, value.stop, value.step)
+            spec = f"{key}={typed[key]}"
             if value.shuffle:
                 raise ConfigError(f"{key}: shuffle(range(...)) is a grid idea; use choice(...)")
-            if any(isinstance(n, float) for n in numbers):
-                # range's stop is exclusive, Optuna's high inclusive: the last value below stop.
-                last = value.start + math.floor((value.stop - value.start) / value.step - 1e-9) * value.step
-                space[key] = FloatDistribution(value.start, last, step=value.step)
+            if value.step == 0:
+                raise ConfigError(f"{spec}: a range's step 0 never reaches its end")
+            # The values Hydra's grid would sweep (its stop is exclusive, a step may count
+            # down), as the Optuna distribution from the lowest to the highest of them.
+            drawn = [float(f"{v:.12g}") if isinstance(v, float) else v
+                     for v in o.sweep_iterator()]
+            if not drawn:
+                raise ConfigError(f"{spec}: the range holds no value (its stop is exclusive)")
+            low, high, step = min(drawn), max(drawn), abs(value.step)
+            if "log" in value.tags:
+                if isinstance(low, float) or step != 1 or low <= 0:
+                    raise ConfigError(f"{spec}: a log scale takes integers from 1 in steps of "
+                                      f"1 (Optuna); use tag(log, int(interval(lo, hi))) or "
+                                      f"tag(log, interval(lo, hi))")
+                space[key] = IntDistribution(low, high, log=True)
+            elif isinstance(low, float) or isinstance(high, float):
+                space[key] = FloatDistribution(float(low), float(high), step=float(step))
             else:
-                last = value.start + ((value.stop - value.start - 1) // value.step) * value.step
-                space[key] = IntDistribution(int(value.start), int(last), step=int(value.step))
+                space[key] = IntDistribution(low, high, step=int(step))
         elif o.is_interval_sweep():
             log_scale = "log" in value.tags
             if value.start >= value.end or (log_scale and value.start <= 0):
@@ -220,7 +245,19 @@ def _space(params: Dict[str, Any], arguments: Sequence[str]):
         else:
             raise ConfigError(f"{key}={o.input_line.split('=', 1)[1]}: the Optuna search takes "
                               "choice(...), range(...) or interval(...)")
-    return space, fixed, typed
+    return space, fixed, typed, texts
+
+
+def _typed(value) -> tuple:
+    return type(value), value  # True == 1 == 1.0 as dict keys: keep them apart
+
+
+def trial_overrides(params: Dict[str, Any], texts: Dict[str, Dict[tuple, str]]) -> List[str]:
+    """A trial's values as overrides Hydra reads back as those values."""
+    from hydra.core.override_parser.types import Override
+
+    return [f"{k}={texts.get(k, {}).get(_typed(v)) or Override._get_value_element_as_str(v)}"
+            for k, v in params.items()]
 
 
 def _flat(params: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -255,7 +292,16 @@ def sqlite_file(setting: Optional[str], sweep_dir: Path) -> Optional[Path]:
     """The SQLite file a storage setting names, or None (a server URL, a journal)."""
     setting = str(setting or sweep_dir / DEFAULT_DB)
     if "://" in setting:
-        rest = setting[len("sqlite:///"):] if setting.startswith("sqlite:///") else ""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        # SQLAlchemy's own reading of the URL: a driver (sqlite+pysqlite://) and a query
+        # (?timeout=5) name the same file as the plain URL, so they share its lock.
+        try:
+            url = make_url(setting)
+        except ArgumentError:
+            return None  # storage_for says what is wrong with it
+        rest = url.database if url.get_backend_name() == "sqlite" else None
         return Path(rest).expanduser().absolute() if rest and rest != ":memory:" else None
     path = Path(setting).expanduser().absolute()
     return path if path.suffix in SQLITE_SUFFIXES else None
@@ -271,8 +317,12 @@ def first_open_lock(setting: Optional[str], sweep_dir: Path):
     if path is None:  # a journal locks itself; a database server is left to Optuna
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a file where a folder should be, a folder we may not write in
+        raise ConfigError(f"hydra.sweeper.storage={setting or path}: cannot open it as an Optuna "
+                          f"storage ({type(e).__name__}: {first_line(str(e))})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by close (or by the kernel, at a crash)
         yield
@@ -590,6 +640,7 @@ class OptunaSearch:
         self.metric = str(config.optimized_metric)
         self.direction = direction(settings.direction, self.metric)  # warns once, here
         self.job_idx = 0
+        self.texts: Dict[str, Dict[tuple, str]] = {}  # run() fills it (_space)
         self.storage = None
 
     def open(self):
@@ -609,7 +660,7 @@ class OptunaSearch:
         return study, created, where
 
     def run(self, arguments: List[str]) -> None:
-        space, fixed = search_space(dict(self.s.params or {}), arguments)
+        space, fixed, _, self.texts = _space(dict(self.s.params or {}), arguments)
         study, created, where = self.open()
         check_space_fits(study, space)  # before anything is changed: a refusal changes nothing
         drop_queued_misfits(study, space)
@@ -637,7 +688,7 @@ class OptunaSearch:
                 for trial in batch:
                     first.setdefault(tuple(sorted(trial.params.items())), trial)
                 launched = list(first.values())
-                overrides = [fixed_overrides + [f"{k}={v}" for k, v in t.params.items()]
+                overrides = [fixed_overrides + trial_overrides(t.params, self.texts)
                              for t in launched]
                 try:
                     returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
@@ -720,7 +771,7 @@ class OptunaSearch:
             results.update(best_value=float(best.value), best_params=dict(best.params),
                            best_trial=best.number, best_job_dir=best.user_attrs.get(JOB_DIR))
             log.info("Best of the study: trial %d, %s %.4f, %s", best.number, self.metric,
-                     best.value, " ".join(f"{k}={v}" for k, v in best.params.items()))
+                     best.value, " ".join(trial_overrides(best.params, self.texts)))
         else:
             log.warning("No trial of study %s has finished yet", study.study_name)
         write_text_atomic(self.sweep_dir / "optimization_results.yaml",

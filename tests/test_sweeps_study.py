@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,75 @@ def test_int_intervals_are_optuna_int_distributions():
     assert space["dataset.num_bins"] == IntDistribution(2, 6)
     assert space["trainer.batch_size"] == IntDistribution(2, 64, log=True)
     assert space["optimizer.lr"] == FloatDistribution(1.0, 2.0)  # Hydra's interval: floats
+
+
+def test_ranges_draw_what_hydra_would_sweep_and_a_log_range_is_log_scale():
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from event_seg.errors import ConfigError
+    from event_seg.optuna_search import search_space
+
+    def space(value):
+        return search_space({"dataset.num_bins": value}, [])[0]["dataset.num_bins"]
+
+    assert space("range(2, 11, 4)") == IntDistribution(2, 10, step=4)
+    assert space("range(5, 1, -1)") == IntDistribution(2, 5)  # Hydra sweeps 5, 4, 3, 2
+    assert space("range(0.1, 0.5, 0.1)") == FloatDistribution(0.1, 0.4, step=0.1)
+    assert space("range(0.5, 0.1, -0.1)") == FloatDistribution(0.2, 0.5, step=0.1)
+    assert space("tag(log, range(1, 65))") == IntDistribution(1, 64, log=True)
+    for value, why in [("range(1, 10, 0)", "step 0"), ("range(3, 3)", "holds no value"),
+                       ("range(1, 5, -1)", "holds no value"),
+                       ("tag(log, range(1, 64, 2))", "log scale"),
+                       ("tag(log, range(0, 8))", "log scale")]:
+        with pytest.raises(ConfigError, match=rf"^dataset.num_bins={re.escape(value)}: .*{why}"):
+            space(value)
+
+
+def test_each_trials_values_reach_its_job_as_drawn():
+    """A trial's values are handed to Hydra as override text: a choice with a comma, a space
+    or an '=' must reach the job as that string (unescaped, 'x,y' made Hydra refuse the
+    trial's job as an ambiguous sweep, and the whole search ended), a list as that list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from event_seg.optuna_search import _space, trial_overrides
+
+    params = {"model.name": "choice('a,b', 'p q', 'x=y', plain)",
+              "dataset.size": "choice([32,64], [64,128])",
+              "dataset.num_bins": "int(interval(2, 6))", "optimizer.lr": "interval(1e-4, 1e-2)",
+              "trainer.deterministic": "choice(true, false)"}
+    space, _, _, texts = _space(params, [])
+    drawn = [{"model.name": name, "dataset.size": size, "dataset.num_bins": 3,
+              "optimizer.lr": 1e-05, "trainer.deterministic": flag}
+             for name, size, flag in zip(space["model.name"].choices,
+                                         space["dataset.size"].choices * 2, (True, False) * 2)]
+    parser = OverridesParser.create()
+    for values in drawn:
+        parsed = parser.parse_overrides(trial_overrides(values, texts))
+        assert not any(o.is_sweep_override() for o in parsed)
+        got = {o.get_key_element(): o.value() for o in parsed}
+        assert got["model.name"] == values["model.name"]
+        assert got["dataset.size"] in ([32, 64], [64, 128])
+        assert got["dataset.num_bins"] == 3 and got["optimizer.lr"] == 1e-05
+        assert got["trainer.deterministic"] is values["trainer.deterministic"]
+
+
+def test_searched_values_are_checked_as_the_job_reads_them():
+    """The values of a choice are checked as the job's override reads them: a list is a list
+    (the check set the text '[0.9,1.1]' on a list key and refused a search that runs)."""
+    from test_config import compose
+
+    from event_seg.errors import ConfigError
+    from event_seg.optuna_search import check_settings
+
+    cfg = compose(["hparams_search=optuna"])
+
+    def check(*arguments):
+        check_settings(cfg.hydra.sweeper, cfg.optimized_metric, list(arguments), cfg=cfg)
+
+    check("dataset.augment.scale=choice([0.9,1.1],[0.8,1.2])", "model.name=choice('a,b', c)")
+    with pytest.raises(ConfigError, match=r"^dataset.augment.scale=choice\(\[0.9\],\[0.8,1.2\]\): "
+                                          r"a trial would set dataset.augment.scale=\[0.9\]"):
+        check("dataset.augment.scale=choice([0.9],[0.8,1.2])")
 
 
 def test_a_float_interval_for_an_integer_key_is_refused_in_one_line(tmp_path, cache):
@@ -216,6 +286,43 @@ def test_four_sweepers_opening_one_new_sqlite_study_at_once_all_get_it(tmp_path)
         assert sorted(s[r] for s in said) == ["created"] + ["joined"] * 3, outputs
         assert load_study(f"sqlite:///{tmp_path / f'try{r}' / 'study.db'}",
                           "together").user_attrs == {"optimized_metric": "best_val_mean_iou"}
+
+
+def open_search(tmp_path, storage):
+    from omegaconf import OmegaConf
+
+    from event_seg.optuna_search import OptunaSearch
+    from hydra_plugins.event_seg_sweeper.optuna_sweeper import EventSegOptunaSweeperConf
+
+    settings = OmegaConf.merge(OmegaConf.structured(EventSegOptunaSweeperConf),
+                               {"storage": storage, "study_name": "s"})
+    return OptunaSearch(settings, OmegaConf.create({"optimized_metric": "best_val_mean_iou"}),
+                        None, tmp_path / "sweep").open()
+
+
+def test_a_storage_whose_lock_cannot_be_made_is_one_line(tmp_path):
+    """The lock beside the file is made first: where it cannot be (a file where its folder
+    should be, a folder this user may not write in), the storage is refused in one line."""
+    from event_seg.errors import ConfigError
+
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.storage=.*notes.txt/study.db: cannot "
+                                          r"open it as an Optuna storage \(FileExistsError"):
+        open_search(tmp_path, str(tmp_path / "notes.txt" / "study.db"))
+
+
+def test_a_sqlite_url_with_a_driver_or_a_query_shares_the_files_lock(tmp_path):
+    from event_seg.optuna_search import sqlite_file
+
+    db = tmp_path / "study.db"
+    for url in (f"sqlite:///{db}", f"sqlite+pysqlite:///{db}", f"sqlite:///{db}?timeout=5",
+                str(db)):
+        assert sqlite_file(url, tmp_path) == db, url
+    for url in ("sqlite://", "sqlite:///:memory:", "postgresql://u@localhost/db",
+                str(tmp_path / "study.log")):
+        assert sqlite_file(url, tmp_path) is None, url
+    open_search(tmp_path, f"sqlite:///{db}?timeout=5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.db", "study.db.lock"]
 
 
 # ---------------------------------------------------------------------------------------------
