@@ -27,7 +27,8 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
-# The benchmark suite (CPU, a few minutes): prints every ratio, writes benchmarks/RESULTS.md.
+# The benchmark suite (CPU, a few minutes): prints every ratio, writes benchmarks/RESULTS.md
+# (ARGS=--quick writes benchmarks/RESULTS.quick.md, leaving the full figures alone).
 # tonic, the reference for the event representations, comes from the `bench` extra.
 BENCH_STAMP := $(VENV)/.installed-bench
 

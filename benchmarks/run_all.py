@@ -2,6 +2,10 @@
 them written to benchmarks/RESULTS.md with the machine description.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--only representations,startup,...]
+
+A ``--quick`` run (fewer sizes and repeats) writes benchmarks/RESULTS.quick.md instead (ignored
+by git): its figures are noisier and must not replace the full ones. ``--only`` prints only.
+``--out FILE`` writes there whatever the other options.
 """
 
 from __future__ import annotations
@@ -28,12 +32,34 @@ BENCHMARKS = {
 }
 
 
+FULL_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+QUICK_RESULTS = Path(__file__).resolve().parent / "RESULTS.quick.md"
+
+
+def results_path(quick: bool, only: str, out=None):
+    """Where the results go, or None to print only: the tracked RESULTS.md holds the full run's
+    figures alone, so a quick run goes beside it and a subset (``--only``) is not written."""
+    if out:
+        return Path(out)
+    if only:
+        return None
+    return QUICK_RESULTS if quick else FULL_RESULTS
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
-    parser.add_argument("--only", default="", help="comma-separated names: " + ",".join(BENCHMARKS))
-    parser.add_argument("--out", default=str(Path(__file__).parent / "RESULTS.md"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog=f"A full run writes {FULL_RESULTS.relative_to(REPO)}; --quick writes "
+               f"{QUICK_RESULTS.relative_to(REPO)} (ignored by git) and leaves the full figures "
+               f"alone; --only prints only; --out FILE writes FILE.")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"fewer sizes and repeats; written to "
+                             f"{QUICK_RESULTS.relative_to(REPO)}, not RESULTS.md")
+    parser.add_argument("--only", default="", help="comma-separated names (printed only): "
+                        + ",".join(BENCHMARKS))
+    parser.add_argument("--out", default=None, help="write the results to this file")
     args = parser.parse_args()
+    out = results_path(args.quick, args.only, args.out)
     chosen = [n for n in BENCHMARKS if not args.only or n in args.only.split(",")]
     started = time.perf_counter()
     sections, summary, failed = [], [], []
@@ -72,9 +98,10 @@ def main() -> int:
         "",
         *[s + "\n" for s in sections],
     ])
-    if not args.only:
-        Path(args.out).write_text(text)
-        print(f"\nwrote {Path(args.out).relative_to(REPO)} in {total / 60:.1f} min")
+    if out is not None:
+        out.write_text(text)
+        shown = out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out
+        print(f"\nwrote {shown} in {total / 60:.1f} min")
     if failed:
         print(f"benchmarks that failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -526,11 +526,8 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} must be positive")
-    # Encoder-decoders downsample 5 times; other sizes fail deep inside smp.
-    for key in ("height", "width"):
-        if cfg.dataset[key] % 32:
-            raise ConfigError(f"dataset.{key}={cfg.dataset[key]} must be a multiple of 32 "
-                              f"(the encoder's output stride)")
+    # Which frame sizes a model takes is its own (smp's Unet pads, FPN needs multiples of 32, a
+    # _target_ model has no encoder stride): models.check_model's dry run decides, in one line.
     _validate_schedule(cfg.scheduler)
     _validate_precision(cfg.trainer)
     _validate_loss(cfg.loss, len(cfg.dataset.class_names))
@@ -637,8 +634,9 @@ def _validate_augment(augment) -> None:
                                and 0 < scale[0] <= scale[1]):
         raise ConfigError(f"dataset.augment.scale={scale} must be a [min, max] pair with "
                           f"0 < min <= max, e.g. [0.9, 1.1] (1: unscaled)")
-    if not (math.isfinite(augment.rotate_deg) and 0.0 <= augment.rotate_deg <= 180.0):
-        raise ConfigError(f"dataset.augment.rotate_deg={augment.rotate_deg} must be in [0, 180] "
+    # Up to 360: 180 or 360 both mean any angle, as albumentations takes them.
+    if not (math.isfinite(augment.rotate_deg) and 0.0 <= augment.rotate_deg <= 360.0):
+        raise ConfigError(f"dataset.augment.rotate_deg={augment.rotate_deg} must be in [0, 360] "
                           f"(degrees; the angle is drawn from [-rotate_deg, rotate_deg])")
     if not (math.isfinite(augment.translate) and 0.0 <= augment.translate < 1.0):
         raise ConfigError(f"dataset.augment.translate={augment.translate} must be in [0, 1) (a "

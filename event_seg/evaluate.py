@@ -132,26 +132,44 @@ def check_output_folder(out: Path) -> None:
     """Refuses an ``output_dir`` that holds a training run's records: its ``metrics.json`` marks
     the run finished and holds its best and test scores (sweeps skip and rank runs by it), and
     one written here into an unfinished run would mark it finished. An evaluation's own
-    ``metrics.json`` (an earlier evaluation into the same folder) is replaced."""
+    ``metrics.json`` (an earlier evaluation into the same folder) is replaced; one that no
+    evaluation wrote is kept. Also refuses a path that is not a folder and cannot become one."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        what = "a file" if out.exists() else "a link to nothing"
+        raise ConfigError(f"output_dir={out} is {what}, not a folder: name a folder (it is "
+                          f"created if missing)")
     if not out.is_dir():
         return
-    found = [name for name in TRAINING_RECORDS if (out / name).exists()]
-    found += sorted(p.name for p in out.glob("*.pt"))
+    found = [f"training run's {name}" for name in TRAINING_RECORDS if (out / name).exists()]
+    found += [f"training run's {p.name}" for p in sorted(out.glob("*.pt"))]
     metrics = out / "metrics.json"
-    if metrics.is_file() and not written_by_evaluation(metrics):
-        found.insert(0, "metrics.json")
+    if metrics.is_file():
+        owner = metrics_writer(metrics)
+        if owner == "training":
+            found.insert(0, "training run's metrics.json")
+        elif owner is None:
+            found.insert(0, "metrics.json not written by event-seg-evaluate")
     if found:
-        raise ConfigError(f"output_dir={out} holds a training run's {found[0]}: "
-                          f"event-seg-evaluate never writes over a run's records; choose another "
-                          f"output_dir (by default <run folder>/eval/<split>)")
+        raise ConfigError(f"output_dir={out} holds a {found[0]}: event-seg-evaluate never "
+                          f"writes over a run's records; choose another output_dir (by default "
+                          f"<run folder>/eval/<split>)")
 
 
-def written_by_evaluation(metrics: Path) -> bool:
+def metrics_writer(metrics: Path) -> Optional[str]:
+    """Who wrote a ``metrics.json``: "evaluation", "training" or None (unreadable, or neither).
+    Evaluation has written ``checkpoint`` and ``split`` since its first version (later ones add
+    keys such as ``split_samples``); training writes ``best_epoch`` and never ``split``."""
     try:
         written = json.loads(metrics.read_text())
     except (OSError, ValueError):
-        return False  # unreadable: not known to be ours, so not ours to replace
-    return isinstance(written, dict) and {"checkpoint", "split", "split_samples"} <= set(written)
+        return None
+    if not isinstance(written, dict):
+        return None
+    if "best_epoch" in written or "best_val_mean_iou" in written:
+        return "training"
+    if {"checkpoint", "split"} <= set(written):
+        return "evaluation"
+    return None
 
 
 def per_class_table(metrics: dict, split: str, class_names: Sequence[str]) -> str:
@@ -189,13 +207,19 @@ def evaluate(checkpoint: Path, split: str = "test", overrides: Sequence[str] = (
     state = load_checkpoint(checkpoint)
     cfg = evaluation_config(state.get("config", {}), overrides, checkpoint)
     _config.validate(cfg)
+    from .models import check_model
+
+    check_model(cfg)  # the dry forward pass at the size evaluated, before any data is built
     if split not in cfg.dataset.splits:
         raise ConfigError(f"split={split}: dataset '{cfg.dataset.name}' has the splits "
                           f"{', '.join(cfg.dataset.splits)}")
     seed_everything(cfg.seed)
     out = output_folder(checkpoint, split, output_dir)
     check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent that is a file, a read-only place, ...
+        raise ConfigError(f"output_dir={out} cannot be created ({e.strerror or e})") from None
 
     # The whole split, unaugmented and in order, also when it is the train split.
     data = build_data(cfg.dataset, cfg.trainer, cfg.paths.cache_dir, seed=cfg.seed, splits=(split,),

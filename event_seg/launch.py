@@ -132,13 +132,34 @@ def _compose_and_check(argv: List[str], config_dir: str):
     if str(cfg.hydra.sweeper.get("_target_", "")).startswith("hydra_plugins.event_seg_sweeper"):
         from .optuna_search import check_settings
 
-        check_settings(cfg.hydra.sweeper, cfg.optimized_metric, [o.input_line for o in parsed])
+        check_settings(cfg.hydra.sweeper, cfg.optimized_metric, [o.input_line for o in parsed],
+                       cfg=cfg)
     if is_sweep(argv):
         _check_swept_values(parsed, cfg, config_dir)
+        _check_slurm_is_here(cfg)
     if not run_folder_pattern(cfg, is_sweep(argv)).strip():
         raise ConfigError("hydra.run.dir / hydra.sweep.dir is empty: a run needs a folder of "
                           "its own (leave them at their defaults, or name a folder)")
     return cfg
+
+
+def _check_slurm_is_here(cfg) -> None:
+    """submitit's SLURM executor refuses to start without ``srun`` on PATH (and submits with
+    ``sbatch``): say so before the sweep folder exists, not in a traceback after it."""
+    import shutil
+
+    target = str(cfg.hydra.launcher.get("_target_", ""))
+    if not target.startswith("hydra_plugins.hydra_submitit_launcher") or \
+            not target.endswith("SlurmLauncher"):
+        return
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        choice = cfg.hydra.runtime.choices.get("hydra/launcher", "submitit_slurm")
+        raise ConfigError(f"hydra/launcher={choice} submits jobs with SLURM, and "
+                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on "
+                          f"PATH here: run the sweep on a SLURM login node, or use "
+                          f"hydra/launcher=submitit_local (the same machinery, on this machine) "
+                          f"or joblib")
 
 
 def _check_swept_options(parsed, config_dir: str) -> None:
@@ -298,16 +319,17 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
     if not runs_a_job(argv):
         # --cfg job, --info, --resolve ...: Hydra prints the config this command composes, so
         # it gets the same check as a run; a pinned timestamp keeps the printout concrete.
-        compose_command(argv, config_dir)
+        # trial_timestamp=latest is shown as the run it resumes (or refused as the run would).
+        cfg = compose_command(argv, config_dir)
+        if given == "latest":
+            return with_timestamp(argv, _latest(cfg, is_sweep(argv))), None
         return (argv if given else with_timestamp(argv, datetime.datetime.now().strftime(
             TIMESTAMP_FORMAT))), None
     cfg = compose_command(argv, config_dir)
     sweep = is_sweep(argv)
     pattern = run_folder_pattern(cfg, sweep)
     if given == "latest":
-        from .latest import latest_timestamp
-
-        given = latest_timestamp(pattern, sweep, run_name=str(cfg.run_name))
+        given = _latest(cfg, sweep)
     # A single run's new folder goes again when its start fails; a sweep's folder holds its
     # jobs' records (job_status.json, the summary) whatever they did.
     if given is None:
@@ -315,3 +337,9 @@ def settle(argv: List[str], config_dir: str, main_rank: bool,
     elif main_rank:
         claim_folder(pattern, given, until_started=not sweep)
     return with_timestamp(argv, given), (pattern.replace(PLACEHOLDER, given) if sweep else None)
+
+
+def _latest(cfg, sweep: bool) -> str:
+    from .latest import latest_timestamp
+
+    return latest_timestamp(run_folder_pattern(cfg, sweep), sweep, run_name=str(cfg.run_name))

@@ -26,6 +26,11 @@ def run(cfg: DictConfig) -> float:
     """Trains one configured run and returns its ``optimized_metric`` (what sweepers optimise:
     the best ``val_mean_iou`` unless the config names another key of metrics.json)."""
     _config.validate(cfg)
+    # The dry forward pass before any data is built: a swept group option (model=unet,pan) or
+    # an Optuna-sampled value is checked here only, and fails its job in one line.
+    from .models import check_model
+
+    check_model(cfg)
     _config.make_paths_absolute(cfg)  # evaluate, resume and sweeps may start elsewhere
 
     from . import distributed
@@ -116,11 +121,9 @@ def run(cfg: DictConfig) -> float:
     }
     if ctx.is_main:
         # Written once the start has succeeded: a start that fails (no dataset, a model that
-        # does not build) leaves no config a later command would be held to, and the folder
-        # this command made is removed again (folder_lock). From here on it is kept.
+        # does not build) leaves no config a later command would be held to.
         write_text_atomic(trial.run_dir / "config.yaml",
                           OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        folder_lock.started(trial.run_dir)
     exit_code = 1  # anything escaping below is a failure unless fit() returns
     try:
         loggers.log_config(resolved, meta)
@@ -136,6 +139,12 @@ def run(cfg: DictConfig) -> float:
                         kept, resume_command(trial))
         raise
     finally:
+        if ctx.is_main and (exit_code != 1 or trainer.saved_epoch):
+            # Work to keep: a finished run, a saved epoch, or a stop whose resume command was
+            # just printed. A new folder whose run failed before that (a loss that diverged in
+            # epoch 1, a model that fails at its first step) holds nothing to resume, and its
+            # config.yaml would refuse the corrected command: it is removed at exit.
+            folder_lock.keep(trial.run_dir)
         loggers.close(exit_code)
         distributed.shutdown()
 
@@ -209,19 +218,20 @@ def seed_everything(seed: int) -> None:
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-# The keys most commands set, in the order --help lists them (each with its default).
+# The keys most commands set, in the order --help lists them (each with its default; a key
+# with allowed values and no text here lists those, from config.CHOICES, so they never drift).
 MOST_USED_KEYS = (
     ("trainer.epochs", "epochs to train"),
     ("trainer.batch_size", "samples per batch (per process under torchrun)"),
     ("trainer.device", "auto | cpu | cuda | cuda:N"),
-    ("trainer.precision", "auto | fp32 | bf16 | fp16"),
+    ("trainer.precision", ""),
     ("trainer.num_workers", "DataLoader worker processes"),
     ("trainer.limit_batches", "the most batches per stage per epoch (quick runs)"),
     ("optimizer.lr", "learning rate"),
     ("model.encoder_name", "any segmentation_models_pytorch encoder"),
     ("dataset.root", "the folder of a real dataset"),
-    ("dataset.modality", "rgb | events | rgb+events"),
-    ("dataset.representation", "voxel_grid | histogram | time_surface | mdes"),
+    ("dataset.modality", ""),
+    ("dataset.representation", ""),
     ("dataset.num_bins", "time bins of the voxel grid and MDES"),
     ("loss.class_weights", "a list, or auto"),
     ("paths.output_root", "where run folders go"),
@@ -268,6 +278,7 @@ def train_help(config_dir: str = CONFIG_DIR) -> str:
         for part in key.split("."):
             value = value[part]
         value = "null" if value is None else value
+        what = what or " | ".join(_config.CHOICES[key])
         lines.append(f"  {key:<24}{what}  [{value}]")
     lines += [
         "",
@@ -447,7 +458,10 @@ def _run_sweep_job(cfg: DictConfig) -> float:
 
     _skipped = False
     hydra_cfg = HydraConfig.get()
-    direction = _config.metric_direction(cfg.optimized_metric)
+    # The summary ranks as the sweeper optimises: hydra.sweeper.direction where it says one.
+    setting = str(hydra_cfg.sweeper.get("direction", "auto"))
+    direction = (setting if setting in ("maximize", "minimize")
+                 else _config.metric_direction(cfg.optimized_metric))
     # The overrides that set this job apart (what its folder is named by), not the sweep's own.
     shared = set(hydra_cfg.job.config.override_dirname.exclude_keys or [])
     own = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").split("=", 1)[0] not in shared]

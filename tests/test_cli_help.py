@@ -80,3 +80,13 @@ def test_hydra_flags_print_and_exit_0(args, expected):
     assert proc.returncode == 0, output
     assert expected in proc.stdout and "Traceback" not in output and "error" not in proc.stderr
     assert "exclude_keys" not in output and "PLACEHOLDER" not in output
+
+
+def test_train_help_lists_every_allowed_value_of_the_keys_it_shows():
+    from event_seg.config import CHOICES
+
+    out = train("--help").stdout
+    for key, allowed in CHOICES.items():
+        line = next((x for x in out.splitlines() if x.split()[:1] == [key]), None)
+        if line is not None:
+            assert all(v in line.split() for v in allowed), (key, line)

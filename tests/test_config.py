@@ -253,7 +253,7 @@ def test_precomputed_stays_valid_for_ddd17():
     ("dataset.augment.scale=[0,1.1]", "dataset.augment.scale"),
     ("dataset.augment.scale=[1.2,0.9]", "dataset.augment.scale"),
     ("dataset.augment.rotate_deg=-5", "dataset.augment.rotate_deg"),
-    ("dataset.augment.rotate_deg=200", "dataset.augment.rotate_deg"),
+    ("dataset.augment.rotate_deg=400", "dataset.augment.rotate_deg"),
     ("dataset.augment.translate=-0.1", "dataset.augment.translate"),
     ("dataset.augment.translate=1.0", "dataset.augment.translate"),
 ])
@@ -268,7 +268,9 @@ def test_augment_settings_are_checked_naming_the_key(override, key):
 
 @pytest.mark.parametrize("override", ["augment=strong", "augment=none",
                                       "dataset.augment.scale=[1.0,1.0]",
-                                      "dataset.augment.hflip=1.0", "dataset.augment.translate=0"])
+                                      "dataset.augment.hflip=1.0", "dataset.augment.translate=0",
+                                      # any angle: [-360, 360] covers the circle
+                                      "dataset.augment.rotate_deg=360"])
 def test_augment_settings_that_albumentations_takes_stay_valid(override):
     validate(compose([override]))
 

@@ -216,3 +216,44 @@ def test_a_misspelt_key_gets_the_same_hint_in_every_command(trained, cache, caps
     err = capsys.readouterr().err
     assert "trainer.batchsize=: event-seg-export takes no config overrides" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_earlier_evaluation_folder_is_written_over(trained, cache, tmp_path, monkeypatch,
+                                                      capsys):
+    # <run>/eval/<split> as event-seg-evaluate wrote it before metrics.json held split_samples:
+    # still an evaluation's folder (the default output_dir), not a training run's.
+    out = tmp_path / "eval_test"
+    code, result, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys, out)
+    assert code == 0, err
+    older = {k: v for k, v in result.items() if k != "split_samples"}
+    (out / "metrics.json").write_text(json.dumps(older))
+    code, again, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys, out)
+    assert code == 0, err
+    assert again["split_samples"] == result["split_samples"]
+
+
+def test_a_training_metrics_json_alone_is_still_refused(trained, cache, tmp_path, monkeypatch,
+                                                        capsys):
+    out = tmp_path / "copied"
+    out.mkdir()
+    (out / "metrics.json").write_bytes((trained / "metrics.json").read_bytes())
+    code, _, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys, out)
+    assert code == 2 and "training run's metrics.json" in err, err
+    # A file that no evaluation wrote is kept too, and the line does not call it a run's.
+    (out / "metrics.json").write_text("[1, 2]")
+    code, _, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys, out)
+    assert code == 2 and "not written by event-seg-evaluate" in err, err
+    assert (out / "metrics.json").read_text() == "[1, 2]"
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_an_output_dir_that_is_no_folder_is_one_line(trained, cache, tmp_path, monkeypatch,
+                                                     capsys, kind):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("notes")
+    else:
+        out.symlink_to(tmp_path / "missing")
+    code, _, _, err = evaluate_in_process(trained, cache, monkeypatch, capsys, out)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"output_dir={out}" in err and "not a folder" in err, err

@@ -344,3 +344,17 @@ def test_each_swept_model_value_gets_the_check():
         compose_command(["train", "-m", "model.encoder_name=resnet18,resnet19"], CONFIG_DIR)
     with pytest.raises(ConfigError, match=r"^model\.arch=PAN .* cannot run on a 96x192 input"):
         compose_command(["train", "-m", "model.arch=Unet,PAN"], CONFIG_DIR)
+
+
+def test_a_frame_size_is_judged_by_the_model_not_by_a_multiple_of_32(tmp_path):
+    # smp's Unet pads its skips and takes 48 x 80; FPN needs multiples of 32 and says so.
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    size = ("dataset.height=48", "dataset.width=80", "trainer.epochs=1", "trainer.limit_batches=1",
+            "trainer.vis.num_batches=0")
+    line = refused_line(train_cli(*size, "model=fpn", out=out, cache=cache), out, cache)
+    assert line.startswith("model.arch=FPN (model.encoder_name=resnet18) cannot run on a 48x80 "
+                           "input (dataset.height x dataset.width) in train mode: ")
+    assert line.endswith("it runs at dataset.height=64 dataset.width=96"), line
+    proc = train_cli(*size, out=out, cache=cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "epoch 1/1" in proc.stdout + proc.stderr

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -65,3 +66,53 @@ def test_sigterm_stops_cleanly_and_the_printed_command_resumes(tmp_path, cache):
     first, second = (read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*")))
     assert first.run_id == second.run_id == "unet_pre"
     assert [e for e, _ in second.series("val_mean_iou")] == [saved + 1]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_stops_cleanly_with_loader_workers(tmp_path, cache,
+                                                                              signum):
+    """SLURM signals every process of the job, Ctrl-C the terminal's process group: the DataLoader
+    workers too. They must outlive the signal so that the main process stops at the batch
+    boundary, saves and prints the resume command, as when it alone is signalled; and they must
+    still go when it exits."""
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+           "trainer.epochs=2", "trainer.limit_batches=6", "trainer.num_workers=2",
+           "trainer.vis.num_batches=0", "trial_timestamp=grp", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "epoch 1/2" in line and "val_mean_iou" in line:  # epoch 2 starts now
+                os.killpg(proc.pid, signum)
+                break
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = "".join(lines)
+    assert proc.returncode == 128 + signum, output
+    assert "Traceback" not in output and "killed by signal" not in output, output
+    deadline = time.time() + 30  # no worker outlives the main process
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("loader workers still run after the main process exited")
+    command = output.split("Resume with:")[1].strip().splitlines()[0]
+    assert "trial_timestamp=grp" in command
+    last = tmp_path / "unet_grp" / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    if signum == signal.SIGINT:
+        return  # the same resume as SIGTERM's
+    resumed = subprocess.run([sys.executable, "-m", "event_seg.train", *shlex.split(command)[3:]],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resumed from {last} at epoch 1" in resumed.stdout + resumed.stderr
+    assert torch.load(last, weights_only=True)["epoch"] == 2

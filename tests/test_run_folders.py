@@ -162,3 +162,57 @@ def test_a_resumed_run_that_fails_at_start_keeps_its_folder(tmp_path, cache):
     assert failed.returncode == 2, failed.stdout + failed.stderr
     assert (run_dir / "config.yaml").read_text() == config
     assert (run_dir / "train.log").is_file()
+
+
+def test_a_run_that_fails_in_its_first_epoch_leaves_no_folder(tmp_path, cache):
+    # The loss diverges at the second batch of epoch 1: nothing was saved, so the folder holds no
+    # work, and the lower learning rate the error asks for must not be refused as "trained with
+    # other settings" (by run_name/trial_timestamp, or found by latest).
+    diverged = train(tmp_path, cache, "trial_timestamp=d", "optimizer.lr=1e30",
+                     "trainer.grad_clip_norm=null")
+    output = diverged.stdout + diverged.stderr
+    assert diverged.returncode == 2, output
+    assert "at epoch 1, batch 1" in output or "after epoch 1" in output, output
+    assert not (tmp_path / "unet_d").exists(), list((tmp_path / "unet_d").iterdir())
+    fixed = train(tmp_path, cache, "trial_timestamp=d")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+
+
+def test_a_run_stopped_in_its_first_epoch_keeps_its_folder_to_resume(tmp_path, cache):
+    import signal
+    import time
+
+    env = {**os.environ, "EVENT_SEG_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
+           "trainer.vis.num_batches=0", "trial_timestamp=s", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Training Unet on" in line:
+            time.sleep(0.5)  # inside epoch 1, long before its end
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    output = "".join(lines)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output
+    assert "no epoch had finished yet" in output and "Resume with:" in output, output
+    assert (tmp_path / "unet_s" / "config.yaml").is_file()  # what the printed command resumes
+
+
+def test_cfg_job_shows_the_run_that_latest_resumes(tmp_path):
+    _run_of(tmp_path / "unet_2026-01-01_00-00-00", "2026-01-01_00-00-00")
+
+    def cfg_job(out: Path):
+        return subprocess.run([sys.executable, "-m", "event_seg.train", "--cfg", "job",
+                               "--resolve", "trial_timestamp=latest", f"paths.output_root={out}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    shown = cfg_job(tmp_path)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "\nrun_name: unet_2026-01-01_00-00-00\n" in shown.stdout, shown.stdout[-400:]
+    none = cfg_job(tmp_path / "empty")  # what the run would say: one line, exit 2
+    assert none.returncode == 2 and none.stderr.startswith("error: trial_timestamp=latest: no "
+                                                           "earlier run"), none.stderr
+    assert none.stdout == "" and not (tmp_path / "empty").exists()

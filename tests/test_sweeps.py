@@ -494,3 +494,24 @@ def test_parallel_trials_proposing_the_same_values_share_one_job(tmp_path, cache
     for trial in study.trials:  # each told its own job's value
         assert trial.value == summary(Path(trial.user_attrs["job_dir"]))["best_val_mean_iou"]
     assert {r["status"] for r in read_summary(sweep)} == {"finished"}
+
+
+def test_a_swept_group_option_that_cannot_run_fails_its_job_in_one_line(tmp_path, cache):
+    # The command check composes the defaults for a swept group (model=pan,pan_b: unet), so
+    # each job's own start runs the dry forward pass before any data is built.
+    conf = tmp_path / "conf" / "model"
+    conf.mkdir(parents=True)
+    for name in ("pan", "pan_b"):  # PAN cannot run at debug=smoke's 32 x 64
+        (conf / f"{name}.yaml").write_text(f"name: {name}\narch: PAN\nencoder_name: resnet18\n")
+    proc = run_sweep(tmp_path, cache, f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                     "logger=none", "trainer.epochs=1", "model=pan,pan_b", "trial_timestamp=grp")
+    assert proc.returncode == 1, proc.stderr
+    sweep = tmp_path / "multirun" / "grp"
+    for row in read_summary(sweep):
+        assert row["status"] == "failed"
+        assert row["error"].startswith("model.arch=PAN (model.encoder_name=resnet18) cannot "
+                                       "run on a 32x64 input"), row["error"]
+    for name in ("pan", "pan_b"):
+        log = [line for line in (sweep / f"model={name}" / "train.log").read_text().splitlines()
+               if "Warning" not in line and "warnings.warn" not in line]
+        assert "Traceback" not in "\n".join(log) and len(log) <= 3, log

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -117,6 +119,21 @@ def open_packed_split(dataset_cfg, root: Path, cache_dir: str, split: str):
     return PackedCache(cache_dir, dataset_cfg, root).open_split(split)
 
 
+def log_packed_cache(dataset_cfg, root: Path, cache_dir: str, readers: dict) -> None:
+    """One line: the prepared cache each split is read from, hit or rebuild needed, and why (a
+    setting that finds no cache, a source file changed since event-seg-prepare)."""
+    from .packed_cache import PackedCache, describe
+
+    cache = PackedCache(cache_dir, dataset_cfg, root)
+    found = {}  # what was found -> the splits that found it, in order
+    for split, reader in readers.items():
+        found.setdefault(describe(cache, split, reader.cache, reader), []).append(split)
+    rerun = any(not state.startswith("hit") for state in found)
+    log.info("Prepared cache %s: %s%s", cache.dir,
+             "; ".join(f"{', '.join(splits)} {state}" for state, splits in found.items()),
+             " (run event-seg-prepare with these settings to build it)" if rerun else "")
+
+
 def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
                splits=("train", "val", "test"), rank: int = 0,
                world_size: int = 1, evaluation: bool = False) -> DataBundle:
@@ -130,7 +147,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     from torch.utils.data import DataLoader
 
     root = resolve_root(dataset_cfg, cache_dir, progress=trainer_cfg.progress_bar)
-    datasets, skipped = {}, {}
+    datasets, skipped, cached = {}, {}, {}
     for split in splits:
         folder = dataset_cfg.splits.get(split)
         if folder is None:
@@ -151,11 +168,14 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             datasets[split] = checked(datasets[split], dataset_cfg, event_channels(dataset_cfg))
         elif dataset_cfg.representation_cache:
             datasets[split].cache = open_packed_split(dataset_cfg, root, cache_dir, split)
+            cached[split] = datasets[split]
         if dataset_cfg.skip_corrupt:
             datasets[split] = SkipCorrupt(datasets[split])
         skipped[split] = n_skipped
         if n_skipped:
             log.info("%s: skipped %d frames without an events file", split, n_skipped)
+    if cached:
+        log_packed_cache(dataset_cfg, root, cache_dir, cached)
     # Each reader reports the unit of its raw stamps (DSEC documents microseconds, EventScape's
     # is detected). Only the time surface needs it: the device converts tau_ms to that unit
     # once (events.tau_in_ticks) instead of every event being rescaled.
@@ -207,7 +227,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-            worker_init_fn=_seed_worker,
+            worker_init_fn=partial(_seed_worker, exiting=_exit_flag()) if workers else None,
             collate_fn=collate_compact,
             # Worker base seeds are drawn from this, not from the global RNG, which belongs to
             # the model (dropout) and is restored exactly on resume.
@@ -216,7 +236,44 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     return DataBundle(info=info, loaders=loaders)
 
 
-def _seed_worker(worker_id: int) -> None:
+_EXIT_FLAG = None  # shared with this process's loader workers; raised as it exits
+
+
+def _exit_flag():
+    """A flag the loader workers read: 1 once this process runs its exit handlers. Our handler
+    runs before multiprocessing's (registered later, run first), which SIGTERMs every worker
+    and waits for it: from then on a worker honours SIGTERM again."""
+    global _EXIT_FLAG
+    if _EXIT_FLAG is None:
+        import atexit
+        import multiprocessing
+
+        _EXIT_FLAG = multiprocessing.RawValue("b", 0)
+        atexit.register(_raise_exit_flag)
+    return _EXIT_FLAG
+
+
+def _raise_exit_flag() -> None:
+    _EXIT_FLAG.value = 1
+
+
+def _seed_worker(worker_id: int, exiting=None) -> None:
+    # A scheduler's SIGTERM (SLURM signals every process of the job) and Ctrl-C's SIGINT (the
+    # terminal's whole process group) reach the workers too: dying of them would crash the main
+    # process's next fetch before it stops at the batch boundary (engine/preemption.py). The
+    # main process alone decides: its workers exit when it closes its loaders, when it exits
+    # (the SIGTERM its exit sends them is honoured, `exiting`), or when it is gone (torch's
+    # worker loop watches its parent).
+    import signal
+
+    def on_sigterm(signum, frame):
+        if exiting is None or exiting.value:
+            # Exit status 0: torch's SIGCHLD check in the exiting main process takes a worker
+            # killed by a signal for a crash and raises there.
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Workers inherit torch's per-worker seed; numpy and random follow it, so any reader that
     # draws from them differs between workers. Augmentation is seeded per sample (sampling.py).
     import random

@@ -5,14 +5,18 @@ decoded arrays to shard files (``data-00000.bin``, a new shard past ``SHARD_BYTE
 frame and the mask as uint8 and, per sample, whichever is smaller, the window's raw events in
 their compact dtypes or the event representation in float16 (a tensor the dataset ships dense,
 DDD17's, is kept as shipped). ``index.json`` maps each sample id to its arrays (shard, byte
-offset, dtype, shape) and to the identity of every file it was read from (path, size,
-modification time, taken before reading; paths relative to the dataset root).
+offset, dtype, shape) and to the identity of every file it was read from, taken before reading:
+path relative to the dataset root, size, modification time, inode change time (ctime), inode
+number and a content fingerprint (``fingerprint``).
 
 Training maps the shards into memory and serves a sample from them only when every one of its
-source files still has the recorded identity; a replaced or touched file is read raw again, so
-nothing stale is ever served. The folder is keyed by every setting that shapes what is stored
-(format, root, label mapping, representation, bins, normalisation, the time surface's decay
-constant, window settings); other
+source files is still the same: a different size or modification time is a change; the same
+inode with the same ctime is untouched (the kernel moves ctime on every write, ``utime`` and
+rename, and no tool can set it back); otherwise (a file rewritten and its times set back, a copy
+with ``cp -p``, ``rsync -a``, ``tar x``) the fingerprint decides, computed once per file and
+process. A changed sample is read raw again. The folder is keyed by every setting that shapes
+what is stored (format, root, label mapping, representation, bins, normalisation, the time
+surface's decay constant, window settings); other
 settings simply find no cache. A split is written into a temporary folder and renamed into
 place whole, so a reader never sees half a cache.
 """
@@ -31,17 +35,51 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: each source file also carries its inode identity and a fingerprint
 SHARD_BYTES = 2 ** 31  # 2 GiB per shard: few files, none unwieldy
 EVENT_FIELDS = ("x", "y", "t", "p")
+WHOLE_FILE_BYTES = 2 ** 20  # files up to this size are fingerprinted whole
+BLOCK_BYTES = 2 ** 16  # larger ones by BLOCKS blocks of this size: 1 MiB read per file
+BLOCKS = 16
 
 
-def file_identity(path, root) -> list:
-    """[path relative to the dataset root, size, mtime_ns]: relative, so the same folder named
-    another way (a relative root, a symlink) still matches; the cache folder itself is keyed by
-    the resolved root."""
+def fingerprint(path) -> str:
+    """A digest of the file's content: the whole file up to WHOLE_FILE_BYTES (PNG frames and
+    labels, most event windows); beyond, its size and BLOCKS blocks of BLOCK_BYTES, the first,
+    the last and the others evenly spaced between. A ``.npz`` is a zip whose last block holds
+    its directory, with the CRC-32 of every array: any changed array changes that block."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest.update(str(size).encode())
+        if size <= WHOLE_FILE_BYTES:
+            digest.update(f.read())
+        else:
+            last = size - BLOCK_BYTES
+            for i in range(BLOCKS):
+                f.seek(last * i // (BLOCKS - 1))
+                digest.update(f.read(BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def _stat_key(path, st) -> tuple:
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def file_identity(path, root, memo: Optional[dict] = None) -> list:
+    """[path relative to the dataset root, size, mtime_ns, ctime_ns, inode, fingerprint]:
+    relative, so the same folder named another way (a relative root, a symlink) still matches;
+    the cache folder itself is keyed by the resolved root. ``memo`` keeps the fingerprints of
+    files already seen (DSEC's events.h5 serves every window of its sequence)."""
     st = os.stat(path)
-    return [os.path.relpath(path, root), st.st_size, st.st_mtime_ns]
+    key = _stat_key(path, st)
+    digest = memo.get(key) if memo is not None else None
+    if digest is None:
+        digest = fingerprint(path)
+        if memo is not None:
+            memo[key] = digest
+    return [os.path.relpath(path, root), st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_ino, digest]
 
 
 def cache_params(dataset_cfg, root: Path) -> dict:
@@ -205,6 +243,7 @@ class _StoredForms:
         self.root = root
         self.skip_corrupt = skip_corrupt
         self.tau = tau  # the time surface's decay constant in the stamps' unit
+        self.fingerprints = {}  # per worker process: each shared file is read once
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -215,7 +254,8 @@ class _StoredForms:
         reader = self.reader
         try:
             # Identities first: a file replaced while it is read then no longer matches.
-            sources = [file_identity(p, self.root) for p in reader.sources(index)]
+            sources = [file_identity(p, self.root, self.fingerprints)
+                       for p in reader.sources(index)]
             raw = reader.read(index)
         except (DatasetError, OSError) as e:
             if not self.skip_corrupt:
@@ -294,11 +334,12 @@ class PackedSplit:
         self.root = Path(root)
         self._entries = None
         self._shards = {}
+        self._verified = {}  # (path, stat) -> whether its content is the recorded one
         self.misses = 0
 
     def __getstate__(self):  # workers open their own maps
         return {"folder": self.folder, "root": self.root, "_entries": None, "_shards": {},
-                "misses": 0}
+                "_verified": {}, "misses": 0}
 
     def _load(self) -> dict:
         """The index and every shard, mapped together once per process. Mapping them all at
@@ -342,7 +383,7 @@ class PackedSplit:
 
     def get(self, reader, index: int) -> Optional[dict]:
         entry = self._load().get(reader.sample_id(index))
-        if entry is None or not self._fresh(entry["sources"], reader.sources(index), self.root):
+        if entry is None or not self._fresh(entry["sources"], reader.sources(index)):
             if self._entries:  # a damaged cache said so once already
                 self._miss(reader.sample_id(index))
             return None
@@ -353,20 +394,40 @@ class PackedSplit:
             sample["events"] = {k: arrays[f"events_{k}"] for k in EVENT_FIELDS}
         return sample
 
-    @staticmethod
-    def _fresh(recorded, paths, root) -> bool:
+    def _fresh(self, recorded, paths) -> bool:
         if len(recorded) != len(paths):
             return False
-        for (path, size, mtime), now in zip(recorded, paths):
-            if os.path.relpath(now, root) != path:
+        for identity, now in zip(recorded, paths):
+            if os.path.relpath(now, self.root) != identity[0]:
                 return False
-            try:
-                st = os.stat(now)
-            except OSError:
-                return False
-            if st.st_size != size or st.st_mtime_ns != mtime:
+            if not self._same_file(now, identity):
                 return False
         return True
+
+    def _same_file(self, path, identity) -> bool:
+        return _same_file(path, identity, self._verified) is True
+
+    def scan(self, reader) -> dict:
+        """What a training run will find, told once at start (build.log_packed_cache) from the
+        index and one stat per source file, no content read: samples held, samples the reader
+        has that the cache does not, files changed since (size or modification time, or gone),
+        files to be checked by content (inode changed, times kept)."""
+        with open(self.folder / "index.json") as f:
+            entries = json.load(f)["entries"]
+        files, changed, recheck = {}, [], 0
+        for entry in entries.values():
+            for identity in entry["sources"]:
+                files.setdefault(identity[0], identity)
+        for rel, identity in files.items():
+            same = _same_file(self.root / rel, identity, None, verify=False)
+            if same is False:
+                changed.append(rel)
+            elif same is None:
+                recheck += 1
+        ids = [reader.sample_id(i) for i in range(len(reader))]
+        return {"held": sum(i in entries for i in ids), "samples": len(ids),
+                "missing": sum(i not in entries for i in ids), "changed": sorted(changed),
+                "recheck": recheck}
 
     def _miss(self, sample_id: str) -> None:
         self.misses += 1
@@ -375,3 +436,78 @@ class PackedSplit:
                         "or was added since event-seg-prepare): reading such samples from the "
                         "raw files; run event-seg-prepare again to refresh it",
                         self.folder, sample_id)
+
+
+def _same_file(path, identity, verified: Optional[dict], verify: bool = True) -> Optional[bool]:
+    """True: the file recorded as ``identity`` is untouched or has the recorded content;
+    False: it changed or is gone; None (``verify=False`` only): to be told by its content."""
+    size, mtime, ctime, inode, digest = identity[1:]
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_size != size or st.st_mtime_ns != mtime:
+        return False
+    if (st.st_ctime_ns, st.st_ino) == (ctime, inode):
+        return True  # the same inode, never changed since (a change moves ctime)
+    if not verify:
+        return None
+    key = _stat_key(path, st)
+    if key not in verified:
+        try:
+            verified[key] = fingerprint(path) == digest
+        except OSError:
+            return False
+    return verified[key]
+
+
+# cache_params' keys as the settings a user passes
+SETTING_NAMES = {"version": "cache version", "normalize": "dataset.normalize_events",
+                 "tau_ms": "dataset.time_surface.tau_ms", "duration_ms": "dataset.dsec.duration_ms",
+                 "num_events": "dataset.dsec.num_events", "rectify": "dataset.dsec.rectify",
+                 "classes": "dataset.dsec.classes"}
+
+
+def _differences(params: dict, other: dict) -> list:
+    """``setting=other (now value)`` for each setting in which another cache of this dataset
+    differs from these settings."""
+    keys = sorted(set(params) | set(other))
+    return [f"{SETTING_NAMES.get(k, 'dataset.' + k)}={other.get(k)} (now {params.get(k)})"
+            for k in keys if params.get(k) != other.get(k)]
+
+
+def describe(cache: "PackedCache", split: str, opened: Optional["PackedSplit"], reader) -> str:
+    """What training finds in the prepared cache for one split: hit, rebuild needed or none,
+    and why (build.log_packed_cache puts the splits on one line)."""
+    where = cache.split_dir(split).name
+    if opened is not None:
+        try:
+            found = opened.scan(reader)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # reported again when read
+            return f"damaged ({where}: {' '.join(str(e).split())[:120]})"
+        if not found["changed"] and not found["missing"]:
+            check = (f", {found['recheck']} files copied or rewritten with their times kept, "
+                     f"checked by content when read" if found["recheck"] else "")
+            return f"hit ({where}, {found['held']} samples{check})"
+        why = []
+        if found["changed"]:
+            why.append(f"{len(found['changed'])} source files changed since (size or "
+                       f"modification time, or gone; first {found['changed'][0]})")
+        if found["missing"]:
+            why.append(f"{found['missing']} samples added since")
+        return f"rebuild needed ({where}: {'; '.join(why)}; those samples are read raw)"
+    if (cache.dir / "params.json").is_file():
+        return f"none prepared ({where} is not in this cache)"
+    others = []
+    for params_file in sorted(cache.dir.parent.glob("*/params.json")):
+        try:
+            other = json.loads(params_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if other.get("root") == cache.params["root"]:
+            others.append((len(_differences(cache.params, other)), params_file.parent, other))
+    if not others:
+        return f"none prepared for {cache.params['root']}"
+    _, folder, other = min(others, key=lambda o: (o[0], str(o[1])))
+    return (f"none for these settings (the closest, {folder}, was prepared with "
+            f"{', '.join(_differences(cache.params, other))})")

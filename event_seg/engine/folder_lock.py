@@ -19,7 +19,7 @@ from ..errors import ConfigError
 
 LOCK_NAME = ".lock"
 _held: Dict[str, int] = {}  # resolved folder -> the open lock file of this process
-_started: Set[str] = set()  # resolved folders whose run began training (see started())
+_kept: Set[str] = set()  # resolved folders whose run has work to keep (see keep())
 
 
 class FolderInUse(ConfigError):
@@ -35,10 +35,10 @@ def hold(folder: Path, remove_if_unused: bool = False,
     command refused after the claim, e.g. by Hydra's argument parser, leaves no folder that
     ``trial_timestamp=latest`` would then take for the newest run).
     ``remove_unless_started``: a folder that held nothing when claimed is also emptied and
-    removed at exit when its run never began training (:func:`started`): a start that failed
-    (a dataset missing, a model that does not build) leaves no config.yaml that the corrected
-    command would be held to, and nothing ``latest`` would resume. A folder that held a run
-    before is never touched.
+    removed at exit unless its run has work to keep (:func:`keep`): a run that failed before
+    its first saved epoch (a dataset missing, a model that does not build, a loss that diverged
+    in epoch 1) leaves no config.yaml that the corrected command would be held to, and nothing
+    ``latest`` would resume. A folder that held a run before is never touched.
     """
     folder = Path(folder)
     key = str(folder.resolve())
@@ -62,10 +62,10 @@ def hold(folder: Path, remove_if_unused: bool = False,
         atexit.register(_remove_if_unused, folder, created, fresh and remove_unless_started)
 
 
-def started(folder: Path) -> None:
-    """The run in ``folder`` begins training: from now on its folder is kept whatever happens
-    (a stop, a crash in an epoch: what is there is what a resume or a post-mortem needs)."""
-    _started.add(str(Path(folder).resolve()))
+def keep(folder: Path) -> None:
+    """The run in ``folder`` has work to keep (an epoch saved, a stop to resume, a finished run):
+    its folder stays, whatever happens next."""
+    _kept.add(str(Path(folder).resolve()))
 
 
 def is_unused(folder: Path) -> bool:
@@ -80,7 +80,7 @@ def _remove_if_unused(folder: Path, created: bool, unless_started: bool = False)
         key = str(folder.resolve())
         if key not in _held:
             return
-        if unless_started and key not in _started:
+        if unless_started and key not in _kept:
             _empty(folder)
         elif not is_unused(folder):
             return

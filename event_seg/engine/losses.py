@@ -66,7 +66,10 @@ class SegmentationLoss(nn.Module):
         weight = self.ce.weight if hasattr(self, "ce") else None
         if weight is None:
             return labelled.sum()
-        return weight.to(torch.float64)[target[labelled]].sum()
+        # Gathered for every pixel and masked, not indexed by the mask: a boolean index would
+        # make the GPU wait for the host once per evaluation batch.
+        safe = torch.where(labelled, target, torch.zeros_like(target)).long()
+        return (weight.to(torch.float64)[safe] * labelled).sum()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # The losses compute in float32 whatever the autocast: softmax sums over many pixels.
