@@ -66,6 +66,12 @@ def run(cfg: DictConfig) -> float:
         log.info("%s already finished %d epochs (best val_mean_iou %.4f); skipping it. To train "
                  "again, %s", trial.run_dir, cfg.trainer.epochs, done["best_val_mean_iou"],
                  way_out)
+        if ctx.is_main and cfg.trainer.checkpoints.keep != "all":
+            # A kill between metrics.json and the trim, or a smaller keep than the run had.
+            from .engine.checkpoint import kept_line, trim_finished
+
+            if trim_finished(trial.checkpoint_dir, cfg.trainer.checkpoints.keep):
+                log.info(kept_line(trial.checkpoint_dir, cfg.trainer.checkpoints.keep))
         _note_skipped()
         return optimized_value(done, cfg.optimized_metric, trial.metrics_file)
     planned = (saved or {}).get("trainer", {}).get("epochs") if source == trial.last_checkpoint else None

@@ -95,3 +95,43 @@ def test_an_unknown_keep_value_is_one_line(tmp_path, cache):
     assert proc.returncode == 2 and len(output.strip().splitlines()) == 1, output
     assert "trainer.checkpoints.keep='none' is not one of: all, weights, best" in output
     assert list(tmp_path.iterdir()) == []  # refused before any run folder exists
+
+
+def temp_files(run_dir: Path):
+    return sorted(p.name for p in (run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_kill_between_metrics_json_and_the_trim_is_trimmed_by_the_next_run(tmp_path, cache):
+    """metrics.json marks the run finished, so the rerun skips it: the trim the kill cut short
+    must still happen then, or the full last.pt stays for good."""
+    run_dir = tmp_path / "unet_k"
+    command = ("trial_timestamp=k", "trainer.checkpoints.keep=weights")
+    proc, output = train(tmp_path, cache, *command, crash_at="finish:2")  # SIGKILLed there
+    assert proc.returncode == -9, output
+    assert (run_dir / "metrics.json").is_file()
+    assert set(RESUME_ONLY) <= set(load(run_dir / "checkpoints" / "last.pt"))
+
+    proc, output = train(tmp_path, cache, *command)
+    assert proc.returncode == 0 and "already finished 2 epochs" in output, output
+    for name in ("last.pt", "best.pt"):
+        state = load(run_dir / "checkpoints" / name)
+        assert state["weights_only"] and not set(RESUME_ONLY) & set(state), (name, sorted(state))
+    assert temp_files(run_dir) == []
+    assert "keep the weights only" in output, output
+
+
+def test_keep_best_after_a_resume_slims_a_best_pt_written_under_keep_all(tmp_path, cache):
+    """A run started with keep=all, killed after a best epoch and a worse one, resumed with
+    keep=best: best.pt is still the full-state file keep=all linked; it is slimmed at the end
+    rather than kept at three times the size under a log line that calls it weights only."""
+    run_dir = tmp_path / "unet_c"
+    command = ("trial_timestamp=c", "trainer.epochs=3", "optimizer.lr=0.05")
+    proc, output = train(tmp_path, cache, *command, crash_at="train:3")
+    assert proc.returncode != 0
+    assert load(run_dir / "checkpoints" / "last.pt")["best_epoch"] == 1, output  # epoch 2 worse
+
+    proc, output = train(tmp_path, cache, *command, "trainer.checkpoints.keep=best")
+    assert proc.returncode == 0 and "Resumed from" in output, output
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt"]
+    best = load(run_dir / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1 and not set(RESUME_ONLY) & set(best), sorted(best)

@@ -56,6 +56,57 @@ def weights_only(state: dict) -> dict:
     return {**{k: state[k] for k in WEIGHTS_KEYS if k in state}, "weights_only": True}
 
 
+def is_weights_only(path: Path) -> bool:
+    return bool(load_checkpoint(path, mmap=True).get("weights_only"))  # the tensors stay on disk
+
+
+def saved_epoch(path: Path) -> int:
+    return int(load_checkpoint(path, mmap=True).get("epoch", 0))
+
+
+def trim_finished(folder: Path, keep: str) -> list:
+    """Applies ``trainer.checkpoints.keep`` to the checkpoints/ folder of a finished run; returns
+    what it changed (empty when nothing was left to do). Every step is atomic and the whole is
+    idempotent, so a run killed part-way through (after metrics.json, which marks it finished)
+    is trimmed by the next command that finds it finished, and a rerun with a smaller ``keep``
+    trims a run kept whole. ``best.pt`` may hold the full state although ``keep`` is not
+    ``all``: linked to ``last.pt`` by a part of the run made under ``keep=all``."""
+    folder = Path(folder)
+    changed = [f"removed {n} temp file(s)"] if remove_stale_temp_files(folder) else []
+    last, best = folder / "last.pt", folder / "best.pt"
+    if keep == "all" or not (last.is_file() or best.is_file()):
+        return changed
+    if best.is_file() and not is_weights_only(best):
+        save_checkpoint(weights_only(load_checkpoint(best)), best)  # a new file: last.pt stays
+        changed.append("best.pt slimmed")
+    if not last.is_file():
+        return changed
+    if keep == "best" and best.is_file():
+        last.unlink()
+        return changed + ["last.pt removed"]
+    if not is_weights_only(last):
+        if best.is_file() and saved_epoch(best) == saved_epoch(last):
+            link_checkpoint(best, last)  # the same epoch's weights: one file for both names
+        else:
+            save_checkpoint(weights_only(load_checkpoint(last)), last)
+        changed.append("last.pt slimmed")
+    return changed
+
+
+def kept_line(folder: Path, keep: str) -> str:
+    """The log line that says what a trimmed run's checkpoints/ holds now."""
+    folder = Path(folder)
+    files = [p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()]
+    epochs = {p.name: saved_epoch(p) for p in files}
+    size = sum({p.stat().st_ino: p.stat().st_size for p in files}.values()) / 1e6  # links once
+    if keep == "best" and list(epochs) == ["best.pt"]:
+        return (f"Checkpoints: kept {folder / 'best.pt'} (weights only, epoch {epochs['best.pt']}, "
+                f"{size:.1f} MB); last.pt removed (trainer.checkpoints.keep=best)")
+    held = " and ".join(f"{name} (epoch {epoch})" for name, epoch in epochs.items())
+    return (f"Checkpoints: {held} keep the weights only, {size:.1f} MB "
+            f"(trainer.checkpoints.keep={keep})")
+
+
 def remove_stale_temp_files(folder: Path) -> int:
     """Deletes the temp files a killed save or link left behind; returns how many."""
     removed = 0

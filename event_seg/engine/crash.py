@@ -2,7 +2,8 @@
 
 ``EVENT_SEG_CRASH_AT=<stage>:<epoch>[:<batch>]`` makes the process SIGKILL itself at that point
 (``train``/``val``/``inference`` after the given batch, ``save`` after the checkpoint's bytes are
-in the temp file but before it replaces ``last.pt``). A real SIGKILL, delivered where a test can
+in the temp file but before it replaces ``last.pt``, ``finish`` after ``metrics.json`` is written
+but before the checkpoints are trimmed). A real SIGKILL, delivered where a test can
 name it: the process gets no chance to clean up, exactly as under the OOM killer or a node loss.
 Unset (always, outside the tests) it costs one dictionary lookup per batch.
 """

@@ -24,7 +24,8 @@ from ..config import ConfigError
 from ..errors import CheckpointError, NonFiniteLossError
 from ..data.device_input import ModelInputBuilder
 from .checkpoint import (link_checkpoint, load_checkpoint, remove_stale_temp_files,
-                         restore_rng_state, rng_state, save_checkpoint, weights_only)
+                         restore_rng_state, rng_state, save_checkpoint, trim_finished,
+                         kept_line, weights_only)
 from .crash import crash_point
 from .inference import Predictor, build_predictor
 from .metrics import SegmentationMetrics
@@ -588,23 +589,10 @@ class Trainer:
         resume reads goes: last.pt is slimmed to its weights (keep=weights) or removed
         (keep=best, where best.pt holds the weights that were scored)."""
         keep = self.cfg.trainer.checkpoints.keep
-        last, best = self.trial.last_checkpoint, self.trial.best_checkpoint
-        if keep == "all" or not last.is_file():
+        if keep == "all":
             return
-        if keep == "best" and best.is_file():
-            last.unlink()
-            log.info("Checkpoints: kept %s (weights only, epoch %d, %.1f MB); last.pt removed "
-                     "(trainer.checkpoints.keep=best)", best, self.best_epoch,
-                     best.stat().st_size / 1e6)
-            return
-        if best.is_file() and self.best_epoch == self.saved_epoch:
-            link_checkpoint(best, last)  # the same epoch's weights: one file for both names
-        else:
-            save_checkpoint(weights_only(load_checkpoint(last)), last)
-        log.info("Checkpoints: last.pt (epoch %d) and best.pt (epoch %d) keep the weights only, "
-                 "%.1f MB (trainer.checkpoints.keep=%s)", self.saved_epoch, self.best_epoch,
-                 sum({p.stat().st_ino: p.stat().st_size for p in (last, best)
-                      if p.is_file()}.values()) / 1e6, keep)
+        trim_finished(self.trial.checkpoint_dir, keep)
+        log.info(kept_line(self.trial.checkpoint_dir, keep))
 
     def resume_if_possible(self) -> None:
         """Restores everything from ``last.pt`` when the trial folder holds one.
@@ -726,6 +714,7 @@ class Trainer:
         self.summary = summary
         if self.dist.is_main:
             write_text_atomic(self.trial.metrics_file, json.dumps(summary, indent=2, allow_nan=True))
+            crash_point("finish", self.cfg.trainer.epochs)  # finished, not yet trimmed
             self._keep_checkpoints()  # after metrics.json: a kill before it leaves a resumable run
 
 
