@@ -24,15 +24,15 @@ from .errors import ConfigError  # noqa: F401  (re-exported)
 
 @dataclass
 class SyntheticConfig:
-    seed: int = 0
-    train_sequences: int = 12
-    val_sequences: int = 3
-    test_sequences: int = 3
-    frames_per_sequence: int = 16
+    seed: int = 0  # rendering and event-simulation seed (changes the generated set)
+    train_sequences: int = 12  # sequences rendered for the train split
+    val_sequences: int = 3  # ... for the val split
+    test_sequences: int = 3  # ... for the test split
+    frames_per_sequence: int = 16  # labelled frames per sequence
     subframes: int = 8
     frame_rate: float = 10.0
-    contrast_threshold: float = 0.25
-    threshold_sigma: float = 0.03
+    contrast_threshold: float = 0.25  # log-intensity change that fires an event (ESIM's C)
+    threshold_sigma: float = 0.03  # per-pixel spread of that threshold
     noise_rate: float = 0.05
     hard_fraction: float = 0.4
 
@@ -51,8 +51,9 @@ class DsecConfig:
 class AugmentConfig:
     hflip: float = 0.5
     affine_p: float = 0.0
+    # [min, max] zoom of the affine augmentation.
     scale: List[float] = field(default_factory=lambda: [0.9, 1.1])
-    rotate_deg: float = 5.0
+    rotate_deg: float = 5.0  # rotation drawn from [-rotate_deg, rotate_deg] degrees
     translate: float = 0.05
     photometric_p: float = 0.0
 
@@ -68,12 +69,12 @@ class TimeSurfaceConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
+    name: str = MISSING  # names the dataset in logs, run metadata and panels
     # A built-in reader (CHOICES) or null with `_target_`: your own reader class, built per split
     # with the split folder, transform and representation settings plus `kwargs` (targets.py).
     format: Optional[str] = None
-    _target_: Optional[str] = None
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    _target_: Optional[str] = None  # your own reader class (with format: null)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # further arguments of that reader
     root: Optional[str] = None
     modality: str = "rgb+events"
     representation: str = "voxel_grid"
@@ -88,13 +89,13 @@ class DatasetConfig:
     # Channel count of event tensors stored precomputed on disk (representation=precomputed).
     event_channels: Optional[int] = None
     normalize_events: bool = True
-    height: int = MISSING
-    width: int = MISSING
-    ignore_index: int = 255
-    splits: Dict[str, str] = field(default_factory=dict)
+    height: int = MISSING  # frame height the model sees (crop or pad)
+    width: int = MISSING  # frame width the model sees (crop or pad)
+    ignore_index: int = 255  # label value no loss or metric counts
+    splits: Dict[str, str] = field(default_factory=dict)  # split name -> folder under dataset.root
     label_map: Optional[List[int]] = None
-    class_names: List[str] = MISSING
-    palette: List[List[int]] = MISSING
+    class_names: List[str] = MISSING  # one name per class id
+    palette: List[List[int]] = MISSING  # one [r, g, b] per class, for panels
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Format-specific settings; presets of other formats leave them at their defaults.
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -103,34 +104,35 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: str = MISSING  # names the run folder (<name>_<timestamp>)
     # An smp architecture (CHOICES) or null with `_target_`: any nn.Module class, built with
     # in_channels and classes from the dataset. `kwargs`: the architecture's or the class's own
     # further arguments, checked against its signature (targets.py), so the keys above keep
     # their typo check.
     arch: Optional[str] = None
-    encoder_name: str = "resnet18"
+    encoder_name: str = "resnet18"  # any segmentation_models_pytorch encoder (tu-<name> for timm)
     encoder_weights: Optional[str] = None
-    _target_: Optional[str] = None
+    _target_: Optional[str] = None  # your own nn.Module class (with arch: null)
+    # Further arguments of the architecture or class.
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class OptimizerConfig:
     name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = 0.9
-    nesterov: bool = False
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 1e-4  # decoupled (adamw) or L2 (sgd) weight decay
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
 
 
 @dataclass
 class SchedulerConfig:
     name: str = "poly"
-    warmup_epochs: float = 0.0
-    power: float = 0.9
-    min_lr_ratio: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up from 0, in epochs (fractions allowed)
+    power: float = 0.9  # exponent of the poly decay
+    min_lr_ratio: float = 0.0  # final rate as a share of optimizer.lr
 
 
 @dataclass
@@ -142,7 +144,7 @@ class VisConfig:
 @dataclass
 class InferenceConfig:
     enabled: bool = True    # formerly enable_inference_during_training
-    every_n_epochs: int = 1
+    every_n_epochs: int = 1  # score inference_* every N epochs
 
 
 @dataclass
@@ -169,15 +171,15 @@ class CheckpointsConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 6
-    batch_size: int = 8
-    num_workers: int = 2
+    epochs: int = 6  # epochs to train
+    batch_size: int = 8  # samples per batch (per process under torchrun)
+    num_workers: int = 2  # DataLoader worker processes
     device: str = "auto"
     precision: str = "auto"
     grad_clip_norm: Optional[float] = 1.0
     limit_batches: Optional[int] = None
-    log_every_n_steps: int = 10
-    progress_bar: bool = True
+    log_every_n_steps: int = 10  # the progress bar and step curves read the loss every N steps
+    progress_bar: bool = True  # tqdm bars on the console
     nonfinite: str = "stop"  # a NaN/inf loss: stop (naming epoch and batch) or skip the batch
     memory_format: str = "auto"  # auto (channels_last on CUDA) | channels_last | contiguous
     compile: bool = False  # torch.compile the training model (GPU; minutes of warm-up)
@@ -193,7 +195,7 @@ class TrainerConfig:
 
 @dataclass
 class PathsConfig:
-    output_root: str = "outputs"
+    output_root: str = "outputs"  # run folders go under this folder
     cache_dir: str = "~/.cache/event_seg"
 
 
@@ -204,9 +206,9 @@ class LossConfig:
     # (inverse square root of each class's pixel frequency in the train split).
     class_weights: Optional[Any] = None
     label_smoothing: float = 0.0  # ce and the ce part of ce+dice
-    focal_gamma: float = 2.0
+    focal_gamma: float = 2.0  # focal's focusing exponent
     ce_weight: float = 1.0  # ce+dice: ce_weight * ce + dice_weight * dice
-    dice_weight: float = 1.0
+    dice_weight: float = 1.0  # ce+dice only
 
 
 @dataclass
@@ -236,7 +238,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    seed: int = 42
+    seed: int = 42  # seeds Python, numpy and torch; sampling order and augmentation follow it
     trial_timestamp: str = MISSING
     run_name: str = MISSING
     # The number a run returns to a sweeper (and the summary ranks jobs by): a key of metrics.json.
