@@ -5,13 +5,13 @@
 # Writes an EventScape-size synthetic set, then measures at 256x512, batch 16, 100 counted steps
 # per figure: step-only and end-to-end images/s (raw files and prepared cache, 16 workers) for
 # fp32, bf16, bf16+channels-last and +compile, loader-only samples/s, voxel_grid_batch G events/s,
-# first-epoch / later-epoch time; prints them beside the targets and writes
+# first-epoch / later-epoch time; prints them beside their targets and writes
 # benchmarks/RESULTS_GPU.md (rewritten after every section).
 #
 # Python: .venv/bin/python where there is one (a normal checkout after `make install`);
 # otherwise python3 with torch preinstalled (the GPU machine) plus the wheels in .whl/, which
-# ../shared/tools/device-wheels.sh downloads beforehand where there is network; they are
-# installed into /tmp/site and put on PYTHONPATH, as that script's header says.
+# `pip download -d .whl <package>...` fetches beforehand where there is network; they are
+# installed into /tmp/site and put on PYTHONPATH.
 #
 # Time: the whole script, install included, stays within BUDGET_S seconds (default 285, under
 # 5 minutes): bench_gpu.py gets what is left as --budget-s and skips later sections (compile
@@ -29,8 +29,8 @@ else
   if ! $PY -c 'import hydra, omegaconf, segmentation_models_pytorch, albumentations' 2>/dev/null; then
     if ! ls .whl/*.whl >/dev/null 2>&1; then
       echo "gpu.sh: no .venv here, and no wheels in .whl/ for what python3 lacks (hydra, smp," \
-           "albumentations, ...): run bash ../shared/tools/device-wheels.sh where there is" \
-           "network and send .whl/ along, or make install" >&2
+           "albumentations, ...): fetch them with pip download -d .whl <package>... where there" \
+           "is network and send .whl/ along, or make install" >&2
       exit 2
     fi
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl

@@ -1,6 +1,6 @@
 """Event representations (event_seg/data/events.py) against hand-computed cases.
 
-The voxel grid follows the rpg convention of /work/shared/docs/DATASETS.md:
+The voxel grid follows the rpg convention (E2VID, ESS, DSEC):
 ``tn = (B-1) * (t - t0) / (tN - t0)``; every event adds ``p * (1 - |tn - b|)`` to bins
 ``floor(tn)`` and ``floor(tn) + 1`` with polarity -1/+1.
 """
