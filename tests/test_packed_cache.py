@@ -144,3 +144,19 @@ def test_training_logs_one_line_naming_the_cache_hit_or_why_not(small_root, tmp_
     os.utime(label, ns=(0, 10 ** 9))
     line = cache_lines()
     assert "val rebuild needed" in line and str(label.relative_to(root)) in line
+
+
+def test_a_sample_removed_since_prepare_leaves_the_others_a_hit(small_root, tmp_path, caplog):
+    """A frame whose events file was deleted is left out of the split: the log line must not
+    call for a rebuild because of it, while every sample training reads is served."""
+    root = tmp_path / "EventScape"
+    shutil.copytree(small_root, root)
+    cache = tmp_path / "cache"
+    _prepare(root, cache)
+    sorted((root / SPLITS["val"]).rglob("*_events.npz"))[0].unlink()
+    with caplog.at_level(logging.INFO, logger="event_seg.data.build"):
+        reader = _reader(root, cache)
+    line = next(r.getMessage() for r in caplog.records if "Prepared cache" in r.getMessage())
+    assert all(reader.cache.get(reader, i) is not None for i in range(len(reader)))
+    assert f"val hit ({SPLITS['val']}, 1 samples)" in line, line
+    assert "rebuild" not in line and "event-seg-prepare" not in line, line

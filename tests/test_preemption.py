@@ -116,3 +116,46 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly_with_loader_workers(t
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Resumed from {last} at epoch 1" in resumed.stdout + resumed.stderr
     assert torch.load(last, weights_only=True)["epoch"] == 2
+
+
+LOADER_JOB = '''
+import multiprocessing, sys
+from omegaconf import OmegaConf
+from event_seg.config import DatasetConfig, TrainerConfig
+from event_seg.data import build_data
+
+OPEN = []
+
+def job(cache):
+    dataset = OmegaConf.merge(OmegaConf.structured(DatasetConfig),
+                              OmegaConf.load("conf/dataset/synthetic.yaml"),
+                              OmegaConf.load("conf/debug/smoke.yaml").dataset)
+    trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig),
+                              {"num_workers": 2, "batch_size": 1, "progress_bar": False})
+    batches = iter(build_data(dataset, trainer, cache, splits=("val",)).loaders["val"])
+    next(batches)
+    OPEN.append(batches)  # workers started, the loader still open at exit (a sweep's job's are)
+    if sys.argv[2] == "logger":
+        multiprocessing.util.get_logger()  # what a library may do: reorders the exit handlers
+
+if __name__ == "__main__":
+    if sys.argv[2] == "child":  # as a joblib worker runs a sweep's job
+        child = multiprocessing.get_context("spawn").Process(target=job, args=(sys.argv[1],))
+        child.start()
+        child.join()
+        sys.exit(child.exitcode)
+    job(sys.argv[1])
+'''
+
+
+@pytest.mark.parametrize("where", ["child", "logger"])
+def test_a_process_with_open_loaders_exits_at_once(tmp_path, cache, where):
+    """Loader workers honour the SIGTERM their process sends them as it exits, however it
+    exits: as a multiprocessing child (a joblib worker ends its jobs so), or after a library
+    moved multiprocessing's exit handler. Else the process waits on its workers for ever."""
+    script = tmp_path / "job.py"
+    script.write_text(LOADER_JOB)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(script), str(cache), where], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

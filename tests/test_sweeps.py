@@ -158,6 +158,19 @@ def test_parallel_joblib_jobs_and_a_failing_job_does_not_stop_the_others(tmp_pat
     assert "1 job(s) of the sweep failed" in proc.stderr
 
 
+def test_joblib_jobs_with_loader_workers_train(tmp_path, cache):
+    """Inside a joblib (loky) worker the default start method is loky's own, which torch's
+    loader workers cannot be started with: the jobs must still train with trainer.num_workers."""
+    proc = run_sweep(tmp_path, cache, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "logger=none", "trainer.epochs=1", "trainer.num_workers=2",
+                     "optimizer.lr=1e-3,3e-4", "trial_timestamp=wrk")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = tmp_path / "multirun" / "wrk"
+    for job in ("optimizer.lr=0.001", "optimizer.lr=0.0003"):
+        assert summary(sweep / job)["best_epoch"] == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path, cache):
     proc = run_sweep(tmp_path, cache, "hydra/launcher=submitit_local",
                      "hydra.launcher.timeout_min=10", "logger=tensorboard", "trainer.epochs=1",

@@ -212,6 +212,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
         width=dataset_cfg.width,
     )
     workers = trainer_cfg.num_workers
+    context = loader_context() if workers else None
     loaders = {}
     for split, ds in datasets.items():
         train = split == "train" and not evaluation
@@ -228,6 +229,7 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=partial(_seed_worker, exiting=_exit_flag()) if workers else None,
+            multiprocessing_context=context,
             collate_fn=collate_compact,
             # Worker base seeds are drawn from this, not from the global RNG, which belongs to
             # the model (dropout) and is restored exactly on resume.
@@ -236,20 +238,35 @@ def build_data(dataset_cfg, trainer_cfg, cache_dir: str, seed: int = 0,
     return DataBundle(info=info, loaders=loaders)
 
 
+def loader_context():
+    """The start method of the loader workers: Python's default, except inside a joblib (loky)
+    worker, where the default is loky's own method, which torch's worker processes cannot use
+    (a sweep's job would fail at its first batch): fork there, as the default is on Linux."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver"):
+        return None
+    available = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in available else "spawn")
+
+
 _EXIT_FLAG = None  # shared with this process's loader workers; raised as it exits
 
 
 def _exit_flag():
-    """A flag the loader workers read: 1 once this process runs its exit handlers. Our handler
-    runs before multiprocessing's (registered later, run first), which SIGTERMs every worker
-    and waits for it: from then on a worker honours SIGTERM again."""
+    """A flag the loader workers read: 1 once this process starts to exit. multiprocessing's
+    exit function SIGTERMs every daemonic child (the loader workers) and waits for it; from the
+    flag on, a worker honours that SIGTERM. Raised by a finalizer that function runs first
+    (exit priority >= 0), wherever it is called from: the main process's atexit, or the end of
+    a multiprocessing child such as a joblib worker running a sweep's jobs, which calls it
+    before any atexit handler (a flag raised there would leave it waiting on its workers)."""
     global _EXIT_FLAG
     if _EXIT_FLAG is None:
-        import atexit
         import multiprocessing
+        import multiprocessing.util
 
         _EXIT_FLAG = multiprocessing.RawValue("b", 0)
-        atexit.register(_raise_exit_flag)
+        multiprocessing.util.Finalize(None, _raise_exit_flag, exitpriority=100)
     return _EXIT_FLAG
 
 

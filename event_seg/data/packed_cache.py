@@ -414,8 +414,11 @@ class PackedSplit:
         files to be checked by content (inode changed, times kept)."""
         with open(self.folder / "index.json") as f:
             entries = json.load(f)["entries"]
+        ids = [reader.sample_id(i) for i in range(len(reader))]
         files, changed, recheck = {}, [], 0
-        for entry in entries.values():
+        # Only the files of samples the reader still has: a sample left out since (its events
+        # file deleted) is never asked for, and its files say nothing of the others.
+        for entry in (entries[i] for i in ids if i in entries):
             for identity in entry["sources"]:
                 files.setdefault(identity[0], identity)
         for rel, identity in files.items():
@@ -424,7 +427,6 @@ class PackedSplit:
                 changed.append(rel)
             elif same is None:
                 recheck += 1
-        ids = [reader.sample_id(i) for i in range(len(reader))]
         return {"held": sum(i in entries for i in ids), "samples": len(ids),
                 "missing": sum(i not in entries for i in ids), "changed": sorted(changed),
                 "recheck": recheck}
