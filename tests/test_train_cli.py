@@ -116,7 +116,7 @@ def test_input_channels_of_each_modality_and_representation(modality, representa
     ("trainer.epochs=ten", "trainer.epochs: Value 'ten'"),
     ("model=nope", "model=nope is not an option of model; choose one of: deeplabv3plus, fpn, unet"),
     ("dataset.modality=depth", "dataset.modality"),
-    ("dataset.height=100", "dataset.height"),
+    ("dataset.height=0", "dataset.height=0 must be positive"),
     ("scheduler.min_lr_ratio=-0.5", "scheduler.min_lr_ratio=-0.5 must be between 0 and 1"),
     ("scheduler.power=-0.9", "scheduler.power=-0.9 must be positive"),
     ("trainer.device=cpu trainer.precision=bf16", "trainer.precision=bf16 needs a CUDA device"),
