@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,10 @@ def test_fresh_runs_started_in_the_same_second_never_share_a_folder(tmp_path):
 def test_resuming_a_folder_a_live_run_holds_is_refused_in_one_line(tmp_path, cache):
     env = {**os.environ, "EVENT_SEG_CACHE": str(cache), "HYDRA_FULL_ERROR": "0"}
     cmd = [sys.executable, "-m", "event_seg.train", "debug=smoke", "logger=none",
-           "trainer.epochs=1", "trainer.inference.enabled=false", "trainer.vis.num_batches=0",
+           "trainer.epochs=200", "trainer.inference.enabled=false", "trainer.vis.num_batches=0",
            f"paths.output_root={tmp_path}", "trial_timestamp=busy"]
+    # Long enough to be still going while the second command starts (its command check builds
+    # the model, seconds on a loaded machine); stopped by SIGTERM once that one is refused.
     running = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -56,6 +59,7 @@ def test_resuming_a_folder_a_live_run_holds_is_refused_in_one_line(tmp_path, cac
         if "Training Unet" in line:
             break
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    running.send_signal(signal.SIGTERM)
     rest = running.communicate(timeout=300)[0]
     output = second.stdout + second.stderr
     assert second.returncode == 2, output
@@ -63,7 +67,7 @@ def test_resuming_a_folder_a_live_run_holds_is_refused_in_one_line(tmp_path, cac
                                            f"that is still going (pid {running.pid} on "
                                            f"{os.uname().nodename}); wait for it to end or stop "
                                            f"it first"], output
-    assert running.returncode == 0, "".join(lines) + rest
+    assert running.returncode == 128 + signal.SIGTERM, "".join(lines) + rest  # pre-empted
     log = (tmp_path / "unet_busy" / "train.log").read_text()
     assert log.count("Training Unet") == 1  # the refused run wrote nothing into the folder
 
