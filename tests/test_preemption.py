@@ -119,12 +119,16 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly_with_loader_workers(t
 
 
 LOADER_JOB = '''
-import multiprocessing, sys
+import multiprocessing, signal, sys
 from omegaconf import OmegaConf
+import event_seg.data.build
 from event_seg.config import DatasetConfig, TrainerConfig
 from event_seg.data import build_data
 
 OPEN = []
+
+def unready_worker(worker_id, exiting=None):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a worker still starting up: dies of it
 
 def job(cache):
     dataset = OmegaConf.merge(OmegaConf.structured(DatasetConfig),
@@ -132,6 +136,8 @@ def job(cache):
                               OmegaConf.load("conf/debug/smoke.yaml").dataset)
     trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig),
                               {"num_workers": 2, "batch_size": 1, "progress_bar": False})
+    if sys.argv[2] == "unready":
+        event_seg.data.build._seed_worker = unready_worker
     batches = iter(build_data(dataset, trainer, cache, splits=("val",)).loaders["val"])
     next(batches)
     OPEN.append(batches)  # workers started, the loader still open at exit (a sweep's job's are)
@@ -139,7 +145,7 @@ def job(cache):
         multiprocessing.util.get_logger()  # what a library may do: reorders the exit handlers
 
 if __name__ == "__main__":
-    if sys.argv[2] == "child":  # as a joblib worker runs a sweep's job
+    if sys.argv[2] in ("child", "unready"):  # as a joblib worker runs a sweep's job
         child = multiprocessing.get_context("spawn").Process(target=job, args=(sys.argv[1],))
         child.start()
         child.join()
@@ -148,11 +154,13 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.parametrize("where", ["child", "logger"])
+@pytest.mark.parametrize("where", ["child", "logger", "unready"])
 def test_a_process_with_open_loaders_exits_at_once(tmp_path, cache, where):
     """Loader workers honour the SIGTERM their process sends them as it exits, however it
     exits: as a multiprocessing child (a joblib worker ends its jobs so), or after a library
-    moved multiprocessing's exit handler. Else the process waits on its workers for ever."""
+    moved multiprocessing's exit handler. Else the process waits on its workers for ever.
+    A worker that dies of that SIGTERM (spawned, still importing on a busy machine) is no
+    crash either: the exit stays clean."""
     script = tmp_path / "job.py"
     script.write_text(LOADER_JOB)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

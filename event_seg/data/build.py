@@ -272,6 +272,14 @@ def _exit_flag():
 
 def _raise_exit_flag() -> None:
     _EXIT_FLAG.value = 1
+    # A worker that has not yet installed its handlers (a spawned one still importing, on a
+    # busy machine) dies of that SIGTERM instead; torch's SIGCHLD check would take that for a
+    # crash and raise from the exit function. Every worker's end is intended from here on.
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _seed_worker(worker_id: int, exiting=None) -> None:
